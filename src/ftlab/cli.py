@@ -1,0 +1,104 @@
+"""Console entry points: ``ftlab-train``, ``ftlab-eval``, ``ftlab-plan`` and the root shims.
+
+Only Hydra is imported here, so composing a config (``--cfg job``) never imports torch. A bad
+input ends in one line on stderr that names the key or path, exit status 2, and no
+``metrics.json``; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from ftlab.errors import FtlabError
+
+USER_ERROR_EXIT = 2
+
+
+def conf_dir() -> str:
+    """The ``conf/`` tree: ``$FTLAB_CONFIG_DIR``, else the repository's (editable install)."""
+    env = os.environ.get("FTLAB_CONFIG_DIR")
+    return str(Path(env) if env else Path(__file__).resolve().parents[2] / "conf")
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message of a user error anywhere in the exception's cause chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FtlabError):
+            return str(seen)
+        if type(seen).__name__ == "MisconfigurationException":
+            # Lightning's message for bad Trainer kwargs (devices, precision, strategy).
+            return "trainer: " + " ".join(str(seen).split())
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _record_failure(exc: BaseException, message: str | None) -> bool:
+    """In a multirun, leave the reason in the job's directory so the sweep report can count it.
+
+    Returns whether this is a multirun job (whose failure must not end the sweep).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    out = Path(HydraConfig.get().runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    status = {
+        "status": "failed",
+        "error": message or f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(exc)),
+        "overrides": list(HydraConfig.get().overrides.task),
+    }
+    (out / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+    return True
+
+
+def _run(task: str, cfg: DictConfig) -> Any:
+    module_name, func_name = task.split(":")
+    func: Callable[[DictConfig], Any] = getattr(import_module(module_name), func_name)
+    try:
+        return func(cfg)
+    except Exception as exc:
+        message = user_error(exc)
+        multirun = _record_failure(exc, message)
+        # Hydra's launcher records a raised job as failed and runs the rest of the sweep.
+        if message is None or multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+
+
+def _main(config_name: str, task: str) -> None:
+    @hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)
+    def main(cfg: DictConfig) -> Any:
+        return _run(task, cfg)
+
+    main()
+
+
+def train_main() -> None:
+    """``ftlab-train``: compose conf/train.yaml with overrides and run ``ftlab.train.train``."""
+    _main("train", "ftlab.train:train")
+
+
+def eval_main() -> None:
+    """``ftlab-eval``: evaluate a checkpoint on any data config."""
+    _main("eval", "ftlab.evaluate:evaluate")
+
+
+def plan_main() -> None:
+    """``ftlab-plan``: print the layer-group plan of a training config, without training."""
+    sys.argv.append("plan=true")
+    train_main()

@@ -1,0 +1,84 @@
+"""``evaluate(cfg)``: a checkpoint written by ``train`` on any data config."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ftlab.errors import FtlabError
+from ftlab.loggers import build_loggers, finish
+from ftlab.module import FinetuneModule, make_head
+from ftlab.outputs import strip_prefix, write_json
+from ftlab.progress import progress_callbacks
+
+log = logging.getLogger("ftlab")
+
+
+def load_checkpoint(path: str | None) -> dict[str, Any]:
+    """Read a Lightning checkpoint without unpickling code (``weights_only=True``)."""
+    if not path:
+        raise FtlabError("ckpt_path is not set: python eval.py ckpt_path=<run>/checkpoints/last.ckpt")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FtlabError(f"ckpt_path={path}: no such file")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FtlabError(f"ckpt_path={path} is not a loadable checkpoint: {first}") from None
+    if not isinstance(ckpt, dict) or "ftlab" not in ckpt or "state_dict" not in ckpt:
+        raise FtlabError(f"ckpt_path={path} was not written by ftlab's train.py")
+    return ckpt
+
+
+def restore_module(ckpt: dict[str, Any]) -> tuple[FinetuneModule, Any]:
+    """The trained module (backbone built from the run's own model config) and its backbone."""
+    meta = ckpt["ftlab"]
+    backbone = instantiate(meta["model"])
+    classes = meta["classes"]
+    head = make_head(backbone.num_features, len(classes), meta.get("head_dropout", 0.0))
+    module = FinetuneModule(backbone, head, len(classes), meta=meta)
+    module.load_state_dict(ckpt["state_dict"])
+    return module, backbone
+
+
+def evaluate(cfg: DictConfig) -> float:
+    started = time.perf_counter()
+    ckpt = load_checkpoint(cfg.get("ckpt_path"))
+    module, backbone = restore_module(ckpt)
+    data = instantiate(cfg.data, input_spec=backbone.input_spec)
+    data.prepare_data()
+    data.setup("test")
+    trained_on = module.meta["classes"]
+    if list(data.classes) != list(trained_on):
+        raise FtlabError(
+            f"data={cfg.data._target_.rsplit('.', 1)[-1]} has classes {list(data.classes)[:10]} "
+            f"but the checkpoint was trained on {trained_on[:10]}: evaluate on data with the "
+            "same classes"
+        )
+    show_bar, progress = progress_callbacks()
+    loggers = build_loggers(cfg.get("logger"))
+    trainer = instantiate(
+        cfg.trainer, callbacks=progress, logger=loggers or False, enable_progress_bar=show_bar
+    )
+    val = trainer.validate(module, datamodule=data, verbose=False)
+    test = trainer.test(module, datamodule=data, verbose=False)
+    finish(loggers)
+    metrics = {
+        "status": "completed",
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "data": cfg.data._target_,
+        "val": strip_prefix(val[0], "val"),
+        "test": strip_prefix(test[0], "test"),
+        "wall_time_s": round(time.perf_counter() - started, 3),
+    }
+    if trainer.is_global_zero:
+        out = write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        log.info("test accuracy %.4f; metrics: %s", metrics["test"].get("acc", float("nan")), out)
+    return metrics["test"].get("acc", float("nan"))

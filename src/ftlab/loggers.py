@@ -1,0 +1,53 @@
+"""Build the configured Lightning loggers; wandb falls back to offline mode on its own."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+
+log = logging.getLogger("ftlab")
+
+
+def wandb_has_credentials() -> bool:
+    """An API key in the environment or in ~/.netrc (where ``wandb login`` puts it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def build_loggers(cfg: Mapping[str, Any] | None) -> list[Logger]:
+    loggers: list[Logger] = []
+    for name, conf in (cfg or {}).items():
+        if not isinstance(conf, Mapping) or "_target_" not in conf:
+            continue
+        kwargs: dict[str, Any] = {}
+        if conf["_target_"].endswith("WandbLogger") and conf.get("offline") is None:
+            offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_has_credentials()
+            kwargs["offline"] = offline
+            if offline:
+                log.info(
+                    "wandb: no API key configured, logging offline under %s/wandb "
+                    "(upload later with `wandb sync <run dir>`)",
+                    conf.get("save_dir"),
+                )
+        loggers.append(instantiate(conf, **kwargs))
+        log.debug("logger %s: %s", name, type(loggers[-1]).__name__)
+    return loggers
+
+
+def finish(loggers: list[Logger]) -> None:
+    """Close wandb runs so each job of a multirun is its own run."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()

@@ -1,0 +1,124 @@
+"""The LightningModule: a pretrained backbone, a new linear head, loss and metrics."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from ftlab.finetuning import HEAD, Plan
+from ftlab.finetuning.freezing import param_groups, set_bn_modes
+
+STAGES = ("train", "val", "test")
+
+
+def make_head(num_features: int, num_classes: int, dropout: float = 0.0) -> nn.Module:
+    """A new linear classifier sized for the data's classes."""
+    linear = nn.Linear(num_features, num_classes)
+    return nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else linear
+
+
+class FinetuneModule(L.LightningModule):
+    """Backbone + head. Which parameters train is decided by the plan's ``PhaseCallback``."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        num_classes: int,
+        plan: Plan | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_options: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.plan = plan
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_options = scheduler_options or {}
+        self.meta = meta or {}  # rebuilds the model from a checkpoint (eval.py)
+        self.criterion = nn.CrossEntropyLoss()
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }
+        )
+        self.metrics = nn.ModuleDict({s: metrics.clone(prefix=f"{s}/") for s in STAGES})
+
+    def layer_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The backbone's groups (input first) plus the head, with module-level names."""
+        groups = [
+            (g.name, tuple(f"backbone.{p}" for p in g.param_names))
+            for g in self.backbone.layer_groups()
+        ]
+        head = tuple(f"head.{n}" for n, _ in self.head.named_parameters())
+        return [*groups, (HEAD, head)]
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self.head(self.backbone(inputs))
+
+    def train(self, mode: bool = True) -> FinetuneModule:
+        # Every switch to training mode must leave frozen BatchNorm layers in eval mode.
+        super().train(mode)
+        set_bn_modes(self)
+        return self
+
+    def _step(self, batch: tuple[Any, torch.Tensor], stage: str) -> torch.Tensor:
+        inputs, labels = batch
+        logits = self(inputs)
+        loss = self.criterion(logits, labels)
+        metrics = self.metrics[stage]
+        metrics.update(logits.detach(), labels)
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=not on_step,
+            batch_size=labels.shape[0],
+        )
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        if self.plan is None or self.optimizer_factory is None:
+            raise RuntimeError("FinetuneModule needs a plan and an optimizer to train")
+        optimizer = self.optimizer_factory(param_groups(self.plan, dict(self.named_parameters())))
+        if self.scheduler_factory is None:
+            return optimizer
+        interval = self.scheduler_options.get("interval", "step")
+        kwargs = {}
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+            steps = self.trainer.estimated_stepping_batches
+            kwargs["total_steps"] = int(steps if interval == "step" else self.trainer.max_epochs)
+        scheduler = {"scheduler": self.scheduler_factory(optimizer, **kwargs), "interval": interval}
+        if self.scheduler_options.get("monitor"):
+            scheduler["monitor"] = self.scheduler_options["monitor"]
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ftlab"] = self.meta

@@ -1,0 +1,167 @@
+"""``train(cfg)``: one run, top to bottom. Returns the optimized metric for sweepers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ftlab.errors import FtlabError
+from ftlab.finetuning import build_plan
+from ftlab.finetuning.callback import PhaseCallback
+from ftlab.finetuning.freezing import bn_params
+from ftlab.finetuning.report import print_plan
+from ftlab.loggers import build_loggers, finish
+from ftlab.module import FinetuneModule, make_head
+from ftlab.outputs import strip_prefix, write_json
+from ftlab.progress import progress_callbacks
+
+log = logging.getLogger("ftlab")
+
+# ftlab's own keys inside the optimizer and scheduler configs; torch never sees them.
+OPTIMIZER_KEYS = ("layer_decay", "lr_range")
+SCHEDULER_KEYS = ("interval", "monitor")
+
+
+def split_keys(cfg: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[dict, dict]:
+    """``(config without keys, the keys' values)`` from a config node."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    own = {k: plain.pop(k) for k in keys if k in plain}
+    return plain, own
+
+
+def build_model(cfg: DictConfig):
+    """Backbone, data and head, with the plan over their parameters."""
+    backbone = instantiate(cfg.model)
+    data = instantiate(cfg.data, input_spec=backbone.input_spec)
+    data.prepare_data()
+    data.setup("fit")
+    head = make_head(backbone.num_features, data.num_classes, cfg.get("head_dropout", 0.0))
+    meta = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "classes": list(data.classes),
+        "head_dropout": cfg.get("head_dropout", 0.0),
+    }
+    module = FinetuneModule(backbone, head, data.num_classes, meta=meta)
+    named = dict(module.named_parameters())
+    optimizer_cfg, _ = split_keys(cfg.optimizer, ())
+    module.plan = build_plan(
+        OmegaConf.to_container(cfg.freeze, resolve=True),
+        module.layer_groups(),
+        named,
+        optimizer_cfg,
+        module.no_weight_decay(),
+        bn_params(module),
+    )
+    return module, data
+
+
+def attach_optimization(module: FinetuneModule, cfg: DictConfig) -> None:
+    """Partials for the optimizer and scheduler, built later from the plan's param groups."""
+    optimizer_cfg, _ = split_keys(cfg.optimizer, OPTIMIZER_KEYS)
+    module.optimizer_factory = instantiate(optimizer_cfg)
+    scheduler_cfg, options = split_keys(cfg.scheduler, SCHEDULER_KEYS)
+    module.scheduler_options = options
+    module.scheduler_factory = instantiate(scheduler_cfg) if scheduler_cfg.get("_target_") else None
+
+
+def build_callbacks(cfg: Mapping[str, Any] | None) -> list[L.Callback]:
+    return [
+        instantiate(conf)
+        for conf in (cfg or {}).values()
+        if isinstance(conf, Mapping) and conf.get("_target_")
+    ]
+
+
+def train(cfg: DictConfig) -> float | None:
+    started = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    module, data = build_model(cfg)
+    plan = module.plan
+    print_plan(plan)
+    if cfg.get("plan"):
+        path = run_dir / "schedule.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(plan.to_schedule(), sort_keys=False))
+        log.info("plan only; schedule written to %s (use freeze=schedule freeze.phases=%s)",
+                 path, path)
+        return None
+    attach_optimization(module, cfg)
+
+    phases = PhaseCallback(plan)
+    show_bar, progress = progress_callbacks()
+    callbacks = [*build_callbacks(cfg.get("callbacks")), phases, *progress]
+    loggers = build_loggers(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_progress_bar=show_bar
+    )
+    total = sum(p.numel() for p in module.parameters())
+    log.info("parameters: %s total, %s trainable at phase 0", f"{total:,}",
+             f"{plan.trainable_numel(0):,}")
+
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
+    best = _best_checkpoint(trainer)
+    val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
+    test = trainer.test(module, datamodule=data, ckpt_path=best, verbose=False) if cfg.test else []
+    finish(loggers)
+
+    metrics = {
+        "status": "completed",
+        "val": strip_prefix(val[0] if val else {}, "val"),
+        "test": strip_prefix(test[0] if test else {}, "test"),
+        "best_checkpoint": best,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "trainable_params": plan.trainable_numel(len(plan.phases) - 1),
+        "total_params": total,
+        "model": {"name": cfg.model.name, "weights_id": getattr(module.backbone, "weights_id", "")},
+        "data": {"target": cfg.data._target_, "num_classes": data.num_classes},
+        "seed": cfg.seed,
+        "phases": phases.history,
+        "rank_checksums": phases.rank_checksums,
+        "world_size": trainer.world_size,
+    }
+    value = _optimized(cfg, val[0] if val else {}, test[0] if test else {})
+    metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": value}
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        log.info(
+            "test accuracy %.4f, val accuracy %.4f; run directory: %s",
+            metrics["test"].get("acc", float("nan")),
+            metrics["val"].get("acc", float("nan")),
+            run_dir,
+        )
+    return value
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    ckpt = trainer.checkpoint_callback
+    if isinstance(ckpt, ModelCheckpoint):
+        return ckpt.best_model_path or ckpt.last_model_path or None
+    return None
+
+
+def _optimized(cfg: DictConfig, val: dict, test: dict) -> float | None:
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    merged = {**val, **test}
+    if name not in merged:
+        raise FtlabError(
+            f"optimized_metric={name} was not logged: use one of {', '.join(sorted(merged))}"
+        )
+    return float(merged[name])
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
