@@ -11,11 +11,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from ftlab.data import build_data
 from ftlab.errors import FtlabError
 from ftlab.loggers import build_loggers, finish
 from ftlab.module import FinetuneModule, make_head
 from ftlab.outputs import strip_prefix, write_json
-from ftlab.progress import progress_callbacks
+from ftlab.progress import progress_callbacks, quiet_lightning
 
 log = logging.getLogger("ftlab")
 
@@ -50,9 +51,10 @@ def restore_module(ckpt: dict[str, Any]) -> tuple[FinetuneModule, Any]:
 
 def evaluate(cfg: DictConfig) -> float:
     started = time.perf_counter()
+    quiet_lightning()
     ckpt = load_checkpoint(cfg.get("ckpt_path"))
     module, backbone = restore_module(ckpt)
-    data = instantiate(cfg.data, input_spec=backbone.input_spec)
+    data = build_data(cfg.data, backbone.input_spec)
     data.prepare_data()
     data.setup("test")
     trained_on = module.meta["classes"]

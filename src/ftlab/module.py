@@ -53,7 +53,8 @@ class FinetuneModule(L.LightningModule):
                 "f1": MulticlassF1Score(num_classes, average="macro"),
             }
         )
-        self.metrics = nn.ModuleDict({s: metrics.clone(prefix=f"{s}/") for s in STAGES})
+        # ModuleDict keys are attributes: "train" would shadow nn.Module.train.
+        self.metrics = nn.ModuleDict({f"{s}_": metrics.clone(prefix=f"{s}/") for s in STAGES})
 
     def layer_groups(self) -> list[tuple[str, tuple[str, ...]]]:
         """The backbone's groups (input first) plus the head, with module-level names."""
@@ -80,7 +81,7 @@ class FinetuneModule(L.LightningModule):
         inputs, labels = batch
         logits = self(inputs)
         loss = self.criterion(logits, labels)
-        metrics = self.metrics[stage]
+        metrics = self.metrics[f"{stage}_"]
         metrics.update(logits.detach(), labels)
         on_step = stage == "train"
         self.log(

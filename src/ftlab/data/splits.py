@@ -1,0 +1,87 @@
+"""Seeded, reproducible train/val/test splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ftlab.errors import FtlabError
+
+
+def check_fraction(key: str, value: float) -> float:
+    """Validate a split fraction given as ``data.<key>``; it must lie strictly in (0, 1)."""
+    if not 0.0 < float(value) < 1.0:
+        raise FtlabError(f"data.{key}={value} must be between 0 and 1 (exclusive): e.g. 0.15")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Fractions:
+    """Shares of one source that go to validation and test; 0 where a split comes from
+    elsewhere (its own folder or file)."""
+
+    val: float
+    test: float
+
+    @classmethod
+    def from_keys(
+        cls,
+        val_fraction: float,
+        test_fraction: float,
+        val_elsewhere: bool = False,
+        test_elsewhere: bool = False,
+    ) -> Fractions:
+        """Validate ``data.val_fraction`` / ``data.test_fraction`` where they apply."""
+        val = 0.0 if val_elsewhere else check_fraction("val_fraction", val_fraction)
+        test = 0.0 if test_elsewhere else check_fraction("test_fraction", test_fraction)
+        if val + test >= 1.0:
+            raise FtlabError(
+                f"data.val_fraction={val} + data.test_fraction={test} leave no training data: "
+                "keep their sum below 1"
+            )
+        return cls(val, test)
+
+
+def stratified_split(labels: np.ndarray, fractions: Fractions, seed: int) -> dict[str, np.ndarray]:
+    """Split positions ``0..len(labels)-1`` per class into train/val/test index arrays.
+
+    Each class contributes ``round(n * fraction)`` items to val and test, so every split keeps
+    the class balance. A part whose fraction is 0 is left out. The result depends only on
+    ``labels``, ``fractions`` and ``seed``.
+    """
+    val_fraction, test_fraction = fractions.val, fractions.test
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = round(len(members) * val_fraction)
+        n_test = round(len(members) * test_fraction)
+        parts["val"].append(members[:n_val])
+        parts["test"].append(members[n_val : n_val + n_test])
+        parts["train"].append(members[n_val + n_test :])
+    result = {"train": np.sort(np.concatenate(parts["train"]))}
+    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if fraction == 0:
+            continue
+        result[name] = np.sort(np.concatenate(parts[name]))
+        if len(result[name]) == 0:
+            raise FtlabError(
+                f"data.{name}_fraction={fraction} leaves the {name} split empty "
+                f"({len(labels)} samples in all): raise it"
+            )
+    return result
+
+
+def subsample(indices: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
+    """A seeded random subset of ``indices`` of at most ``max_samples`` (None keeps all)."""
+    if max_samples is None:
+        return indices
+    if int(max_samples) < 1:
+        raise FtlabError(
+            f"data.max_train_samples={max_samples} must be a positive number or null (all)"
+        )
+    if max_samples >= len(indices):
+        return indices
+    chosen = np.random.default_rng(seed).choice(len(indices), size=int(max_samples), replace=False)
+    return indices[np.sort(chosen)]
