@@ -30,7 +30,7 @@ data-fashion: ## Install Debian's Fashion-MNIST (needs apt; skipped with a note 
 	else echo "note: apt-get (as root) not available; data=fashion_mnist needs: apt-get install dataset-fashion-mnist"; fi
 
 train: $(STAMP) ## Fine-tune the default experiment (EfficientNet-Lite0, ImageNet weights, on MNIST); ARGS='...' adds overrides
-	$(PY) train.py $(ARGS)
+	$(PY) train.py experiment=quickstart $(ARGS)
 
 test: $(STAMP) ## Run the whole test suite
 	$(PY) -m pytest -q $(ARGS)

@@ -1,0 +1,351 @@
+"""The sweep report: what a multirun produced, one row per setting, mean ± std over seeds.
+
+``ftlab-report outputs/multirun/2024-05-01/12-30-00`` writes ``report.csv``, ``report.md`` and
+``report.png`` into the sweep directory. Notebooks get the same tables from :func:`load_sweep`
+(one row per job) and :func:`summarize` (one row per setting), and the figure from
+:func:`plot_sweep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ftlab.errors import FtlabError
+from ftlab.sweeps.context import parse_override, sweep_id
+
+SEED_KEY = "seed"  # the override that replicates a setting; every other override defines one
+STAGES = ("train", "val", "test")  # metrics.json sections whose numbers are metrics
+NOT_METRICS = {"seed", "world_size"}  # top-level numbers that describe a job, not its result
+JOB_MARKERS = (".hydra", "metrics.json", "status.json")
+DEFAULT_METRIC, DEFAULT_MODE = "val/acc", "max"
+REPORT_FILES = ("report.csv", "report.md", "report.png")
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job directories of a sweep: children holding ``.hydra/``, metrics.json or status.json."""
+    found = [
+        child
+        for child in sweep_dir.iterdir()
+        if child.is_dir()
+        and not child.name.startswith(".")  # .submitit/ and friends
+        and any((child / marker).exists() for marker in JOB_MARKERS)
+    ]
+    # Numbered job dirs in numeric order (2 before 10), anything else after them.
+    return sorted(found, key=lambda d: (not d.name.isdigit(), d.name.zfill(12)))
+
+
+def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """``{"val": {"acc": 0.9}, "wall_time_s": 3.1}`` -> ``{"val/acc": 0.9, "wall_time_s": 3.1}``."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key in STAGES and isinstance(value, dict):
+            flat.update({f"{key}/{k}": float(v) for k, v in value.items() if _is_number(v)})
+        elif key not in NOT_METRICS and _is_number(value):
+            flat[key] = float(value)
+    return flat
+
+
+def read_job(job_dir: Path) -> dict[str, Any]:
+    """One job: ``{job, status, error, overrides: {key: value}, metrics: {name: number}}``.
+
+    status is ``completed`` (metrics.json), ``failed`` (status.json) or ``missing`` (neither:
+    still running, or killed before it could write either).
+    """
+    status = _read_json(job_dir / "status.json") or {}
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    if overrides_file.exists():
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+    else:
+        overrides = status.get("overrides", [])
+    job: dict[str, Any] = {
+        "job": job_dir.name,
+        "status": "missing",
+        "error": "",
+        "overrides": dict(parse_override(o) for o in overrides),
+        "metrics": {},
+    }
+    metrics = _read_json(job_dir / "metrics.json")
+    # metrics.json is the job's last act, so it wins over a status.json left by an earlier
+    # attempt of the same job dir (a requeued SLURM job).
+    if metrics is not None:
+        job["status"] = metrics.get("status", "completed")
+        job["error"] = metrics.get("error", "")
+        job["metrics"] = flatten_metrics(metrics)
+    elif status:
+        job["status"] = status.get("status", "failed")
+        job["error"] = status.get("error", "")
+    return job
+
+
+def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per job: ``job``, ``status``, ``error``, one column per override, one per metric.
+
+    Metrics are named like ``val/acc``; a job lacking a metric others have gets NaN. Override
+    columns hold the values as typed (strings; None where a job lacks the override). ``.attrs``
+    records ``overrides`` and
+    ``metrics`` (the column names), ``sweep_dir``, and the sweep's ``metric``/``mode``
+    (its ``optimized_metric``/``optimized_mode``), which :func:`summarize` uses.
+    """
+    path = Path(sweep_dir)
+    jobs = [read_job(d) for d in _job_dirs_or_error(path)]
+    keys = list(dict.fromkeys(k for job in jobs for k in job["overrides"]))
+    names = list(dict.fromkeys(m for job in jobs for m in job["metrics"]))
+    frame = pd.DataFrame(
+        [
+            {
+                "job": job["job"],
+                "status": job["status"],
+                "error": job["error"],
+                **{k: job["overrides"].get(k) for k in keys},
+                **job["metrics"],
+            }
+            for job in jobs
+        ],
+        columns=["job", "status", "error", *keys, *names],
+    )
+    frame.attrs.update(sweep_dir=str(path), overrides=keys, metrics=names, **_sweep_target(path))
+    return frame
+
+
+def summarize(
+    jobs: pd.DataFrame, metric: str | None = None, mode: str | None = None
+) -> pd.DataFrame:
+    """One row per setting (the overrides that vary, minus ``seed``): job counts and, for every
+    metric, ``<metric>_mean`` and ``<metric>_std`` over the setting's completed jobs.
+
+    ``metric`` (default: the sweep's optimized metric) comes first; ``mode`` (max|min) says
+    which setting is best. ``.attrs`` records ``settings`` (the setting columns), ``metric``,
+    ``mode`` and ``fixed`` (the overrides every job shares).
+    """
+    metric = metric or jobs.attrs.get("metric", DEFAULT_METRIC)
+    names = jobs.attrs["metrics"]
+    if metric not in names and (jobs["status"] == "completed").any():
+        raise FtlabError(
+            f"metric={metric} is in none of the sweep's metrics.json files: "
+            f"use one of {', '.join(names)}"
+        )
+    if mode is None and metric == jobs.attrs.get("metric"):
+        mode = jobs.attrs.get("mode", DEFAULT_MODE)
+    elif mode is None:
+        mode = "min" if "loss" in metric else "max"
+    keys = [k for k in jobs.attrs["overrides"] if k != SEED_KEY]
+    settings = [k for k in keys if jobs[k].nunique(dropna=False) > 1]
+    fixed = {k: jobs[k].iloc[0] for k in keys if k not in settings}
+    groups = jobs.groupby(settings, sort=False, dropna=False) if settings else [((), jobs)]
+
+    rows = []
+    for values, group in groups:
+        done = group[group["status"] == "completed"]
+        row: dict[str, Any] = dict(zip(settings, values, strict=True))
+        row["jobs"] = len(group)
+        for status in ("completed", "failed", "missing"):
+            row[status] = int((group["status"] == status).sum())
+        if SEED_KEY in group:
+            row["seeds"] = " ".join(str(s) for s in group[SEED_KEY].dropna())
+        for name in [metric, *(n for n in names if n != metric)]:
+            values_ = done[name] if name in done else pd.Series(dtype=float)
+            row[f"{name}_mean"] = values_.mean()
+            row[f"{name}_std"] = values_.std()  # over seeds (ddof=1); NaN for a single seed
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    summary.attrs.update(jobs.attrs, settings=settings, metric=metric, mode=mode, fixed=fixed)
+    return summary
+
+
+def best_setting(summary: pd.DataFrame) -> pd.Series | None:
+    """The row with the best mean of the main metric, or None when no setting completed."""
+    means = summary[f"{summary.attrs['metric']}_mean"].dropna()
+    if means.empty:
+        return None
+    return summary.loc[means.idxmax() if summary.attrs["mode"] == "max" else means.idxmin()]
+
+
+def to_markdown(summary: pd.DataFrame, jobs: pd.DataFrame) -> str:
+    """report.md: counts, the settings table (mean ± std), the best setting, failures."""
+    metric, settings = summary.attrs["metric"], summary.attrs["settings"]
+    counts = jobs["status"].value_counts()
+    lines = [
+        f"# Sweep report: {summary.attrs['sweep_dir']}",
+        "",
+        f"{len(jobs)} jobs: {counts.get('completed', 0)} completed, "
+        f"{counts.get('failed', 0)} failed, {counts.get('missing', 0)} missing. "
+        f"Main metric: {metric} ({summary.attrs['mode']}), mean ± std over seeds.",
+    ]
+    if summary.attrs["fixed"]:
+        fixed = " ".join(f"{k}={v}" for k, v in summary.attrs["fixed"].items())
+        lines += ["", f"Every job: `{fixed}`"]
+    names = [n[: -len("_mean")] for n in summary.columns if n.endswith("_mean")]
+    header = [*settings, "jobs", "failed", "missing", *names]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary.to_dict("records"):  # records keep ints as ints
+        cells = [_show(row[k]) for k in settings]
+        cells += [str(row[k]) for k in ("jobs", "failed", "missing")]
+        cells += [_mean_std(row[f"{n}_mean"], row[f"{n}_std"]) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    best = best_setting(summary)
+    if best is not None:
+        where = " ".join(f"{k}={_show(best[k])}" for k in settings) or "the only setting"
+        score = _mean_std(best[f"{metric}_mean"], best[f"{metric}_std"])
+        lines += ["", f"Best: {where}: {metric} {score}"]
+    for status, note in (("failed", ""), ("missing", "no metrics.json or status.json")):
+        bad = jobs[jobs["status"] == status]
+        if not bad.empty:
+            lines += ["", f"## {status.capitalize()} jobs", ""]
+        for job in bad.to_dict("records"):
+            setting = " ".join(f"{k}={_show(job[k])}" for k in [*settings, SEED_KEY] if k in job)
+            reason = (job["error"] or note).strip().splitlines() or [""]
+            lines.append(f"- job {job['job']} ({setting}): {reason[-1][:300]}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(summary: pd.DataFrame, metric: str | None = None, ax: Any = None) -> Any:
+    """The metric across the swept values, seeds as error bars (± std); returns the Axes.
+
+    One swept key: it is the x axis (log scale when its values span 10x or more). Two: the
+    second gives one line per value. More (an Optuna search): one point per row of the summary.
+    Without ``ax`` a pyplot-free Figure is made, so this works headless (Agg) and leaves a
+    notebook's backend alone.
+    """
+    metric = metric or summary.attrs["metric"]
+    settings = summary.attrs["settings"]
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(7, 4.5), layout="constrained").subplots()
+    x_key = settings[0] if len(settings) in (1, 2) else None
+    if x_key is None:
+        xs, ticks = pd.Series(range(len(summary)), summary.index, dtype=float), None
+    else:
+        xs = _numeric_if_possible(summary[x_key])
+        ticks = None if pd.api.types.is_numeric_dtype(xs) else list(dict.fromkeys(xs.astype(str)))
+        if ticks is not None:
+            xs = xs.astype(str).map({label: i for i, label in enumerate(ticks)})
+    lines = [(None, summary)]
+    if len(settings) == 2:
+        lines = summary.groupby(settings[1], sort=False, dropna=False)
+    for value, part in lines:
+        part = part.assign(_x=xs[part.index]).sort_values("_x")
+        ax.errorbar(
+            part["_x"],
+            part[f"{metric}_mean"],
+            yerr=part[f"{metric}_std"].fillna(0),
+            marker="o",
+            capsize=4,
+            label=None if value is None else f"{settings[1]}={_show(value)}",
+        )
+    if ticks is not None:
+        ax.set_xticks(range(len(ticks)), ticks, rotation=30 if len(ticks) > 4 else 0)
+    elif x_key is not None and (xs > 0).all() and xs.max() / xs.min() >= 10:
+        ax.set_xscale("log")
+    if len(settings) == 2:
+        ax.legend()
+    ax.set_xlabel(x_key or "setting (row of report.csv)")
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+    ax.set_title(sweep_id(summary.attrs["sweep_dir"]))
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def write_report(
+    sweep_dir: str | Path, metric: str | None = None, mode: str | None = None
+) -> pd.DataFrame:
+    """Write report.csv, report.md and report.png into the sweep directory; returns the summary."""
+    jobs = load_sweep(sweep_dir)
+    summary = summarize(jobs, metric, mode)
+    path = Path(sweep_dir)
+    summary.to_csv(path / "report.csv", index=False)
+    (path / "report.md").write_text(to_markdown(summary, jobs))
+    plot_sweep(summary).figure.savefig(path / "report.png", dpi=120)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ftlab-report <sweep_dir> [--metric val/acc] [--mode max]``."""
+    parser = argparse.ArgumentParser(prog="ftlab-report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a multirun directory: outputs/multirun/<date>/<time>")
+    parser.add_argument("--metric", help="main metric, e.g. val/acc (default: optimized_metric)")
+    parser.add_argument("--mode", choices=("max", "min"), help="default: optimized_mode")
+    args = parser.parse_args(argv)
+    try:
+        write_report(args.sweep_dir, args.metric, args.mode)
+    except FtlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = Path(args.sweep_dir)
+    print((path / "report.md").read_text(), end="")
+    print("wrote " + ", ".join(str(path / name) for name in REPORT_FILES))
+    return 0
+
+
+def _job_dirs_or_error(path: Path) -> list[Path]:
+    if not path.is_dir():
+        raise FtlabError(f"{path}: no such sweep directory")
+    found = job_dirs(path)
+    if found:
+        return found
+    if any((path / marker).exists() for marker in JOB_MARKERS):
+        raise FtlabError(
+            f"{path} is a single run's directory, not a sweep: pass the multirun directory "
+            "that holds the numbered job directories (outputs/multirun/<date>/<time>)"
+        )
+    raise FtlabError(
+        f"{path} is not a sweep directory: no job directory in it has .hydra/, metrics.json "
+        "or status.json (sweeps live in outputs/multirun/<date>/<time>)"
+    )
+
+
+def _sweep_target(path: Path) -> dict[str, str]:
+    """The sweep's optimized_metric/optimized_mode, from the multirun.yaml Hydra saved."""
+    config_file = path / "multirun.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+    return {
+        "metric": config.get("optimized_metric") or DEFAULT_METRIC,
+        "mode": config.get("optimized_mode") or DEFAULT_MODE,
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        return {"status": "failed", "error": f"unreadable {path.name}: {exc}"}
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
+
+
+def _show(value: Any) -> str:
+    """An override value for the report: as typed, or ``(default)`` where a job lacks it."""
+    return (
+        "(default)"
+        if value is None or (isinstance(value, float) and pd.isna(value))
+        else str(value)
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numeric_if_possible(column: pd.Series) -> pd.Series:
+    try:
+        return pd.to_numeric(column)
+    except (ValueError, TypeError):
+        return column
+
+
+if __name__ == "__main__":
+    sys.exit(main())

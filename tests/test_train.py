@@ -1,0 +1,229 @@
+"""End-to-end runs through ``train``/``evaluate`` and the CLI, with real models and data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FAST, read_metrics, run_cli
+from ftlab.train import train
+
+REQUIRED_KEYS = {
+    "status", "val", "test", "best_checkpoint", "wall_time_s", "trainable_params", "total_params",
+}
+
+
+def check_metrics(run_dir: Path) -> dict:
+    metrics = read_metrics(run_dir)
+    assert REQUIRED_KEYS <= metrics.keys()
+    assert metrics["status"] == "completed"
+    assert {"acc", "f1", "loss"} <= metrics["val"].keys() and {"acc", "f1"} <= metrics["test"].keys()
+    assert 0 <= metrics["test"]["acc"] <= 1 and metrics["wall_time_s"] > 0
+    assert 0 < metrics["trainable_params"] <= metrics["total_params"]
+    assert Path(metrics["best_checkpoint"]).is_file()
+    return metrics
+
+
+def test_train_writes_metrics_checkpoints_and_logs(make_cfg, tmp_path):
+    value = train(make_cfg(*FAST, "freeze=gradual"))
+    metrics = check_metrics(tmp_path)
+    assert value == metrics["val"]["acc"] == metrics["optimized_metric"]["value"]
+    assert [p["unfrozen"] for p in metrics["phases"]] == [["head"], ["layer4.0"]]
+    assert metrics["phases"][1]["trainable_params"] > metrics["phases"][0]["trainable_params"]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"val/acc", "val/f1", "train/loss_epoch", "ftlab/phase", "ftlab/trainable_params"} <= logged
+
+
+def test_optimized_metric_is_configurable(make_cfg, tmp_path):
+    value = train(make_cfg(*FAST, "optimized_metric=val/loss", "optimized_mode=min"))
+    assert value == pytest.approx(read_metrics(tmp_path)["val"]["loss"])
+
+
+def test_real_pretrained_backbone_fine_tunes(make_cfg, tmp_path):
+    """EfficientNet-Lite0 with its packaged ImageNet weights on real MNIST, a few batches."""
+    cfg = make_cfg(
+        "model=efficientnet_lite0", "data=mnist", "data.image_size=64", "freeze=linear_probe",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.limit_val_batches=5",
+        "trainer.limit_test_batches=5", "optimizer.lr=3e-3",
+    )
+    train(cfg)
+    metrics = check_metrics(tmp_path)
+    # 20 steps of a linear probe on ImageNet features already separate digits well above chance.
+    assert metrics["val"]["acc"] > 0.5
+    assert metrics["trainable_params"] == 1280 * 10 + 10
+
+
+def make_image_tree(root: Path, classes=("cat", "dog", "fox"), n=12) -> Path:
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 60, (24, 24, 3)) + 60 * k  # classes differ in brightness
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.jpg")
+    return root
+
+
+def test_image_folder_run(make_cfg, tmp_path):
+    root = make_image_tree(tmp_path / "images")
+    overrides = [o for o in FAST if not o.startswith("data")]
+    train(make_cfg(*overrides, "data=image_folder", f"data.root={root}", "data.image_size=32",
+                   "data.batch_size=8", "data.val_fraction=0.25", "data.test_fraction=0.25"))
+    metrics = check_metrics(tmp_path)
+    assert metrics["data"]["num_classes"] == 3
+
+
+def test_text_csv_run(make_cfg, tmp_path):
+    path = tmp_path / "reviews.csv"
+    words = {"pos": "great lovely superb fine", "neg": "awful bad terrible poor"}
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "sentiment"])
+        for i in range(40):
+            label = "pos" if i % 2 else "neg"
+            writer.writerow([f"{words[label]} movie number {i}", label])
+    train(make_cfg(
+        *[o for o in FAST if not o.startswith(("data", "model"))], "model=minilm", "data=text_csv",
+        f"data.path={path}", "data.text_column=review", "data.label_column=sentiment",
+        "data.max_length=16", "data.batch_size=8", "freeze=linear_probe",
+    ))
+    metrics = check_metrics(tmp_path)
+    assert metrics["data"]["num_classes"] == 2
+
+
+def test_bf16_mixed_precision_on_cpu(make_cfg, tmp_path):
+    train(make_cfg(*FAST, "trainer.precision=bf16-mixed", "freeze=none"))
+    check_metrics(tmp_path)
+
+
+def test_wandb_logs_offline_without_an_api_key(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials either
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    train(make_cfg(*FAST, "logger=[csv,wandb]"))
+    check_metrics(tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_tensorboard_logger(make_cfg, tmp_path):
+    train(make_cfg(*FAST, "logger=tensorboard"))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_seed_makes_runs_repeatable(make_cfg, tmp_path):
+    first = train(make_cfg(*FAST, "seed=3", "freeze=none"))
+    loss = read_metrics(tmp_path)["val"]["loss"]
+    again = train(make_cfg(*FAST, "seed=3", "freeze=none"))
+    assert first == again and read_metrics(tmp_path)["val"]["loss"] == loss
+
+
+def test_plan_only_prints_and_writes_a_schedule(make_cfg, tmp_path):
+    assert train(make_cfg(*FAST, "plan=true", "freeze=lp_ft")) is None
+    schedule = (tmp_path / "schedule.yaml").read_text()
+    assert "lr_scale: 0.1" in schedule and not (tmp_path / "metrics.json").exists()
+    train(make_cfg(*FAST, "freeze=schedule", f"freeze.phases={tmp_path / 'schedule.yaml'}"))
+    assert [p["unfrozen"][0] for p in read_metrics(tmp_path)["phases"]] == ["head", "stem"]
+
+
+# --- through the command line ------------------------------------------------------------------
+
+FAST_CLI = [*FAST, "trainer.max_epochs=1"]
+
+
+def test_eval_from_checkpoint_on_another_data_config(tmp_path):
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    done = run_cli("train.py", *FAST_CLI, run_dir=train_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ckpt = read_metrics(train_dir)["best_checkpoint"]
+    done = run_cli("eval.py", f"ckpt_path={ckpt}", "data=mnist", "data.image_size=32",
+                   "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", run_dir=eval_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = read_metrics(eval_dir)
+    assert metrics["status"] == "completed" and metrics["data"].endswith("MNISTDataModule")
+    assert 0 <= metrics["test"]["acc"] <= 1
+
+
+@pytest.mark.ddp
+def test_ddp_cpu_gradual_keeps_ranks_identical(tmp_path):
+    done = run_cli(
+        "train.py", *FAST, "trainer=ddp_cpu", "freeze=gradual", "trainer.max_epochs=3",
+        run_dir=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = read_metrics(tmp_path)
+    assert metrics["world_size"] == 2
+    assert len(metrics["rank_checksums"]) == 2
+    assert len(set(metrics["rank_checksums"])) == 1
+    assert len(metrics["phases"]) == 3
+    for phase in metrics["phases"]:
+        assert len(phase["rank_checksums"]) == 2 and len(set(phase["rank_checksums"])) == 1
+
+
+# One row per bad input: (overrides, the message's regex). Adding an entry is one line.
+CLI_ERRORS = {
+    "missing data root": (
+        ["data=image_folder", "data.root=/nonexistent/images"], r"data\.root=/nonexistent/images",
+    ),
+    "unknown model name": (["model.name=resnet5O"], r"model\.name='resnet5O'.*resnet50"),
+    "bad freeze key": (["+freeze.k=3"], r"freeze\.k is not a key of freeze=gradual"),
+    "unreachable pretrained weights": (
+        ["model=resnet", "model.name=resnet18", "model.pretrained=true"],
+        r"model\.pretrained=false",
+    ),
+    "negative lr": (["optimizer.lr=-1"], r"optimizer\.lr=-1"),
+}
+
+
+@pytest.mark.parametrize("overrides,message", list(CLI_ERRORS.values()), ids=list(CLI_ERRORS))
+def test_bad_input_gives_one_line_and_no_metrics(tmp_path, overrides, message):
+    done = run_cli("train.py", *FAST_CLI, *overrides, run_dir=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_unknown_config_option_is_hydras_clear_error(tmp_path):
+    done = run_cli("train.py", "freeze=warp", run_dir=tmp_path)
+    assert done.returncode != 0
+    assert "Could not find 'freeze/warp'" in done.stderr and "gradual" in done.stderr
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_full_traceback_on_request(tmp_path):
+    done = run_cli("train.py", *FAST_CLI, "optimizer.lr=-1", run_dir=tmp_path,
+                   env={"HYDRA_FULL_ERROR": "1"})
+    assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+def test_compose_only_does_not_import_torch():
+    probe = (
+        "import sys, runpy; sys.argv=['train.py','--cfg','job'];\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.stdout.strip().endswith("NO_TORCH"), out.stdout[-500:] + out.stderr[-500:]
+    assert "freeze:" in out.stdout and "_target_: ftlab.backbones.build_backbone" in out.stdout
+
+
+def test_metrics_json_is_never_half_written(tmp_path):
+    from ftlab.outputs import write_json
+
+    write_json(tmp_path / "metrics.json", {"status": "completed"})
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"status": "completed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
