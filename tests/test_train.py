@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 from PIL import Image
@@ -167,6 +168,27 @@ def test_ddp_cpu_gradual_keeps_ranks_identical(tmp_path):
     assert len(metrics["phases"]) == 3
     for phase in metrics["phases"]:
         assert len(phase["rank_checksums"]) == 2 and len(set(phase["rank_checksums"])) == 1
+
+
+class FreezeBeforeWrap(L.Callback):
+    """The anti-pattern of Lightning's BaseFinetuning: freeze before DDP wraps the model."""
+
+    def setup(self, trainer, pl_module, stage):
+        for name, p in pl_module.named_parameters():
+            p.requires_grad_(name.startswith("head."))
+
+
+@pytest.mark.ddp
+def test_ddp_divergence_is_detected_when_parameters_are_frozen_before_wrapping(tmp_path):
+    """With the broken design, layers unfrozen later are never all-reduced: the check raises."""
+    done = run_cli(
+        "train.py", *FAST, "trainer=ddp_cpu", "freeze=gradual", "trainer.max_epochs=3",
+        "+callbacks.prefreeze._target_=test_train.FreezeBeforeWrap", run_dir=tmp_path,
+        env={"PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert done.returncode != 0
+    assert "DDP ranks hold different trainable parameters entering phase 2" in done.stderr
+    assert not (tmp_path / "metrics.json").exists()
 
 
 # One row per bad input: (overrides, the message's regex). Adding an entry is one line.
