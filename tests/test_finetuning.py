@@ -4,20 +4,20 @@ scheduler, resume is exact, and every backbone family works."""
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import lightning as L
 import pytest
 import torch
-
 from conftest import FAST
-from ftlab.finetuning.schedulers import cosine_factor
+
 from ftlab.train import train
 
 
 class Probe(L.Callback):
     """Records, per epoch, what frozen parameters look like and the lr of every param group."""
 
-    runs: list[Probe] = []
+    runs: ClassVar[list[Probe]] = []
 
     def __init__(self) -> None:
         self.violations: list[str] = []
@@ -46,8 +46,11 @@ class Probe(L.Callback):
                 self.lr_checks.append((unit.name, group["lr"], plan.lr_at(unit, phase) * factor))
         self.lrs_by_epoch.setdefault(
             trainer.current_epoch,
-            {u.name: g["lr"] / plan.lr_at(u, phase) for u, g in zip(plan.units, opt.param_groups)
-             if u.phase <= phase},
+            {
+                u.name: g["lr"] / plan.lr_at(u, phase)
+                for u, g in zip(plan.units, opt.param_groups, strict=True)
+                if u.phase <= phase
+            },
         )
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -55,15 +58,17 @@ class Probe(L.Callback):
         frozen = [(n, p) for n, p in pl_module.named_parameters() if not p.requires_grad]
         self.frozen_counts.append(len(frozen))
         for name, p in frozen:
-            if p in state and state[p]:
+            if state.get(p):
                 self.violations.append(f"{name} has optimizer state while frozen")
             if not torch.equal(p.detach(), self.start[name]):
                 self.violations.append(f"{name} changed while frozen")
         # Frozen BatchNorm layers keep their pretrained running statistics.
         for mod_name, mod in pl_module.named_modules():
-            if isinstance(mod, torch.nn.BatchNorm2d) and not mod.weight.requires_grad:
-                if not torch.equal(mod.running_mean, self.start[f"{mod_name}.running_mean"]):
-                    self.violations.append(f"{mod_name} running_mean changed while frozen")
+            frozen_bn = isinstance(mod, torch.nn.BatchNorm2d) and not mod.weight.requires_grad
+            if frozen_bn and not torch.equal(
+                mod.running_mean, self.start[f"{mod_name}.running_mean"]
+            ):
+                self.violations.append(f"{mod_name} running_mean changed while frozen")
 
 
 class StopAfter(L.Callback):
@@ -96,8 +101,14 @@ def test_frozen_parameters_get_no_grad_no_state_and_stay_bit_identical(make_cfg)
 
 def test_lrs_follow_the_plan_under_cosine_with_warmup(make_cfg):
     cfg = make_cfg(
-        *FAST, *PROBE, "freeze=lp_ft", "freeze.lp_epochs=1", "freeze.ft_lr_scale=0.1",
-        "optimizer.layer_decay=0.7", "scheduler=cosine", "scheduler.warmup=2",
+        *FAST,
+        *PROBE,
+        "freeze=lp_ft",
+        "freeze.lp_epochs=1",
+        "freeze.ft_lr_scale=0.1",
+        "optimizer.layer_decay=0.7",
+        "scheduler=cosine",
+        "scheduler.warmup=2",
     )
     train(cfg)
     checks = Probe.runs[0].lr_checks
@@ -108,8 +119,14 @@ def test_lrs_follow_the_plan_under_cosine_with_warmup(make_cfg):
 
 def test_lrs_keep_their_ratios_under_reduce_on_plateau(make_cfg):
     cfg = make_cfg(
-        *FAST, *PROBE, "freeze=gradual", "optimizer.lr_range=[1e-4,1e-2]", "scheduler=plateau",
-        "scheduler.mode=max", "scheduler.patience=0", "trainer.max_epochs=3",
+        *FAST,
+        *PROBE,
+        "freeze=gradual",
+        "optimizer.lr_range=[1e-4,1e-2]",
+        "scheduler=plateau",
+        "scheduler.mode=max",
+        "scheduler.patience=0",
+        "trainer.max_epochs=3",
     )
     train(cfg)
     by_epoch = Probe.runs[0].lrs_by_epoch
@@ -132,8 +149,9 @@ def test_resume_after_a_phase_change_matches_an_uninterrupted_run(make_cfg, tmp_
     for f in (tmp_path / "checkpoints").iterdir():
         f.unlink()
 
-    stopped = make_cfg(*common, "+callbacks.stop._target_=test_finetuning.StopAfter",
-                       "+callbacks.stop.epoch=1")
+    stopped = make_cfg(
+        *common, "+callbacks.stop._target_=test_finetuning.StopAfter", "+callbacks.stop.epoch=1"
+    )
     train(stopped)
     interrupted = _final_state(tmp_path)
     assert interrupted["epoch"] == 1
@@ -151,7 +169,9 @@ def test_resume_after_a_phase_change_matches_an_uninterrupted_run(make_cfg, tmp_
     for k in ref_opt["state"]:
         assert torch.equal(opt["state"][k]["exp_avg"], ref_opt["state"][k]["exp_avg"])
     assert final["lr_schedulers"] == reference["lr_schedulers"]
-    assert final["callbacks"]["ftlab.PhaseCallback"] == reference["callbacks"]["ftlab.PhaseCallback"]
+    assert (
+        final["callbacks"]["ftlab.PhaseCallback"] == reference["callbacks"]["ftlab.PhaseCallback"]
+    )
 
 
 @pytest.mark.parametrize("freeze", ["gradual", "lp_ft", "bottom_k"])

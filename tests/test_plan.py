@@ -107,7 +107,10 @@ def test_no_weight_decay_on_norms_and_biases(toy):
 def test_model_no_weight_decay_names_are_honoured(toy):
     module, groups = toy
     plan = build_plan(
-        {"name": "none"}, groups, dict(module.named_parameters()), {"lr": LR, "weight_decay": 0.1},
+        {"name": "none"},
+        groups,
+        dict(module.named_parameters()),
+        {"lr": LR, "weight_decay": 0.1},
         no_weight_decay={"backbone.2.weight"},
     )
     no_decay = {p for u in plan.units if u.weight_decay == 0 for p in u.params}
@@ -154,47 +157,70 @@ BAD = {
     "k too large": ({"name": "bottom_k", "k": 9}, {}, r"freeze\.k=9 must be between 0 and .*\(3\)"),
     "until unknown group": ({"name": "gradual", "until": "nope"}, {}, r"freeze\.until='nope'"),
     "pattern matches nothing": (
-        {"name": "schedule", "phases": [{"epoch": 0, "groups": ["head"]},
-                                        {"epoch": 1, "groups": ["blocks\\.99"]}]},
-        {}, r"freeze\.phases\[1\]: 'blocks\\\\.99' matches no layer group or parameter",
+        {
+            "name": "schedule",
+            "phases": [{"epoch": 0, "groups": ["head"]}, {"epoch": 1, "groups": ["blocks\\.99"]}],
+        },
+        {},
+        r"freeze\.phases\[1\]: 'blocks\\\\.99' matches no layer group or parameter",
     ),
     "param in two phases": (
-        {"name": "schedule", "phases": [{"epoch": 0, "groups": ["head", "blocks.1"]},
-                                        {"epoch": 2, "groups": ["^backbone"]}]},
-        {}, r"freeze\.phases\[1\]: '\^backbone' unfreezes backbone\.3\.\w+, which "
-            r"freeze\.phases\[0\] already unfreezes",
+        {
+            "name": "schedule",
+            "phases": [
+                {"epoch": 0, "groups": ["head", "blocks.1"]},
+                {"epoch": 2, "groups": ["^backbone"]},
+            ],
+        },
+        {},
+        r"freeze\.phases\[1\]: '\^backbone' unfreezes backbone\.3\.\w+, which "
+        r"freeze\.phases\[0\] already unfreezes",
     ),
     "epochs not increasing": (
-        {"name": "schedule", "phases": [{"epoch": 0, "groups": ["head"]},
-                                        {"epoch": 0, "groups": ["stem"]}]},
-        {}, r"freeze\.phases\[1\]\.epoch=0 must be greater than phases\[0\]\.epoch=0",
+        {
+            "name": "schedule",
+            "phases": [{"epoch": 0, "groups": ["head"]}, {"epoch": 0, "groups": ["stem"]}],
+        },
+        {},
+        r"freeze\.phases\[1\]\.epoch=0 must be greater than phases\[0\]\.epoch=0",
     ),
     "first phase late": (
         {"name": "schedule", "phases": [{"epoch": 1, "groups": ["head"]}]},
-        {}, r"freeze\.phases\[0\]\.epoch=1: the first phase must start at epoch 0",
+        {},
+        r"freeze\.phases\[0\]\.epoch=1: the first phase must start at epoch 0",
     ),
     "phase lr <= 0": (
         {"name": "schedule", "phases": [{"epoch": 0, "groups": ["head"], "lr": 0}]},
-        {}, r"freeze\.phases\[0\]\.lr=0 must be a number > 0",
+        {},
+        r"freeze\.phases\[0\]\.lr=0 must be a number > 0",
     ),
     "unknown phase key": (
         {"name": "schedule", "phases": [{"epoch": 0, "groups": ["head"], "lrr": 1}]},
-        {}, r"freeze\.phases\[0\]\.lrr is not a phase key",
+        {},
+        r"freeze\.phases\[0\]\.lrr is not a phase key",
     ),
     "bad regex": (
         {"name": "schedule", "phases": [{"epoch": 0, "groups": ["head("]}]},
-        {}, r"freeze\.phases\[0\]: 'head\(' is not a valid regex",
+        {},
+        r"freeze\.phases\[0\]: 'head\(' is not a valid regex",
     ),
     "phases file missing": (
-        {"name": "schedule", "phases": "/nonexistent/plan.yaml"}, {},
+        {"name": "schedule", "phases": "/nonexistent/plan.yaml"},
+        {},
         r"freeze\.phases=/nonexistent/plan\.yaml: no such file",
     ),
     "lr <= 0": ({"name": "none"}, {"lr": -1.0}, r"optimizer\.lr=-1\.0 must be a number > 0"),
-    "decay > 1": ({"name": "none"}, {"layer_decay": 1.5}, r"optimizer\.layer_decay=1\.5 must be in \(0, 1\]"),
+    "decay > 1": (
+        {"name": "none"},
+        {"layer_decay": 1.5},
+        r"optimizer\.layer_decay=1\.5 must be in \(0, 1\]",
+    ),
     "decay 0": ({"name": "none"}, {"layer_decay": 0.0}, r"optimizer\.layer_decay=0\.0"),
     "lr_range reversed": ({"name": "none"}, {"lr_range": [1e-2, 1e-4]}, r"optimizer\.lr_range"),
     "both discriminative": (
-        {"name": "none"}, {"layer_decay": 0.5, "lr_range": [1e-4, 1e-2]}, r"exclusive",
+        {"name": "none"},
+        {"layer_decay": 0.5, "lr_range": [1e-4, 1e-2]},
+        r"exclusive",
     ),
     "ft_lr_scale": ({"name": "lp_ft", "ft_lr_scale": 0}, {}, r"freeze\.ft_lr_scale=0"),
 }

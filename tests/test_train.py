@@ -12,21 +12,29 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+from conftest import FAST, read_metrics, run_cli
 from PIL import Image
 
-from conftest import FAST, read_metrics, run_cli
 from ftlab.train import train
 
 REQUIRED_KEYS = {
-    "status", "val", "test", "best_checkpoint", "wall_time_s", "trainable_params", "total_params",
+    "status",
+    "val",
+    "test",
+    "best_checkpoint",
+    "wall_time_s",
+    "trainable_params",
+    "total_params",
 }
 
 
 def check_metrics(run_dir: Path) -> dict:
     metrics = read_metrics(run_dir)
-    assert REQUIRED_KEYS <= metrics.keys()
+    assert metrics.keys() >= REQUIRED_KEYS
     assert metrics["status"] == "completed"
-    assert {"acc", "f1", "loss"} <= metrics["val"].keys() and {"acc", "f1"} <= metrics["test"].keys()
+    assert {"acc", "f1", "loss"} <= metrics["val"].keys() and {"acc", "f1"} <= metrics[
+        "test"
+    ].keys()
     assert 0 <= metrics["test"]["acc"] <= 1 and metrics["wall_time_s"] > 0
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]
     assert Path(metrics["best_checkpoint"]).is_file()
@@ -40,9 +48,16 @@ def test_train_writes_metrics_checkpoints_and_logs(make_cfg, tmp_path):
     assert [p["unfrozen"] for p in metrics["phases"]] == [["head"], ["layer4.0"]]
     assert metrics["phases"][1]["trainable_params"] > metrics["phases"][0]["trainable_params"]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     logged = {k for row in rows for k, v in row.items() if v}
-    assert {"val/acc", "val/f1", "train/loss_epoch", "ftlab/phase", "ftlab/trainable_params"} <= logged
+    assert {
+        "val/acc",
+        "val/f1",
+        "train/loss_epoch",
+        "ftlab/phase",
+        "ftlab/trainable_params",
+    } <= logged
 
 
 def test_optimized_metric_is_configurable(make_cfg, tmp_path):
@@ -53,9 +68,15 @@ def test_optimized_metric_is_configurable(make_cfg, tmp_path):
 def test_real_pretrained_backbone_fine_tunes(make_cfg, tmp_path):
     """EfficientNet-Lite0 with its packaged ImageNet weights on real MNIST, a few batches."""
     cfg = make_cfg(
-        "model=efficientnet_lite0", "data=mnist", "data.image_size=64", "freeze=linear_probe",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.limit_val_batches=5",
-        "trainer.limit_test_batches=5", "optimizer.lr=3e-3",
+        "model=efficientnet_lite0",
+        "data=mnist",
+        "data.image_size=64",
+        "freeze=linear_probe",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=5",
+        "trainer.limit_test_batches=5",
+        "optimizer.lr=3e-3",
     )
     train(cfg)
     metrics = check_metrics(tmp_path)
@@ -77,8 +98,17 @@ def make_image_tree(root: Path, classes=("cat", "dog", "fox"), n=12) -> Path:
 def test_image_folder_run(make_cfg, tmp_path):
     root = make_image_tree(tmp_path / "images")
     overrides = [o for o in FAST if not o.startswith("data")]
-    train(make_cfg(*overrides, "data=image_folder", f"data.root={root}", "data.image_size=32",
-                   "data.batch_size=8", "data.val_fraction=0.25", "data.test_fraction=0.25"))
+    train(
+        make_cfg(
+            *overrides,
+            "data=image_folder",
+            f"data.root={root}",
+            "data.image_size=32",
+            "data.batch_size=8",
+            "data.val_fraction=0.25",
+            "data.test_fraction=0.25",
+        )
+    )
     metrics = check_metrics(tmp_path)
     assert metrics["data"]["num_classes"] == 3
 
@@ -92,11 +122,19 @@ def test_text_csv_run(make_cfg, tmp_path):
         for i in range(40):
             label = "pos" if i % 2 else "neg"
             writer.writerow([f"{words[label]} movie number {i}", label])
-    train(make_cfg(
-        *[o for o in FAST if not o.startswith(("data", "model"))], "model=minilm", "data=text_csv",
-        f"data.path={path}", "data.text_column=review", "data.label_column=sentiment",
-        "data.max_length=16", "data.batch_size=8", "freeze=linear_probe",
-    ))
+    train(
+        make_cfg(
+            *[o for o in FAST if not o.startswith(("data", "model"))],
+            "model=minilm",
+            "data=text_csv",
+            f"data.path={path}",
+            "data.text_column=review",
+            "data.label_column=sentiment",
+            "data.max_length=16",
+            "data.batch_size=8",
+            "freeze=linear_probe",
+        )
+    )
     metrics = check_metrics(tmp_path)
     assert metrics["data"]["num_classes"] == 2
 
@@ -146,8 +184,15 @@ def test_eval_from_checkpoint_on_another_data_config(tmp_path):
     done = run_cli("train.py", *FAST_CLI, run_dir=train_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     ckpt = read_metrics(train_dir)["best_checkpoint"]
-    done = run_cli("eval.py", f"ckpt_path={ckpt}", "data=mnist", "data.image_size=32",
-                   "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", run_dir=eval_dir)
+    done = run_cli(
+        "eval.py",
+        f"ckpt_path={ckpt}",
+        "data=mnist",
+        "data.image_size=32",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        run_dir=eval_dir,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = read_metrics(eval_dir)
     assert metrics["status"] == "completed" and metrics["data"].endswith("MNISTDataModule")
@@ -157,7 +202,11 @@ def test_eval_from_checkpoint_on_another_data_config(tmp_path):
 @pytest.mark.ddp
 def test_ddp_cpu_gradual_keeps_ranks_identical(tmp_path):
     done = run_cli(
-        "train.py", *FAST, "trainer=ddp_cpu", "freeze=gradual", "trainer.max_epochs=3",
+        "train.py",
+        *FAST,
+        "trainer=ddp_cpu",
+        "freeze=gradual",
+        "trainer.max_epochs=3",
         run_dir=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -182,8 +231,13 @@ class FreezeBeforeWrap(L.Callback):
 def test_ddp_divergence_is_detected_when_parameters_are_frozen_before_wrapping(tmp_path):
     """With the broken design, layers unfrozen later are never all-reduced: the check raises."""
     done = run_cli(
-        "train.py", *FAST, "trainer=ddp_cpu", "freeze=gradual", "trainer.max_epochs=3",
-        "+callbacks.prefreeze._target_=test_train.FreezeBeforeWrap", run_dir=tmp_path,
+        "train.py",
+        *FAST,
+        "trainer=ddp_cpu",
+        "freeze=gradual",
+        "trainer.max_epochs=3",
+        "+callbacks.prefreeze._target_=test_train.FreezeBeforeWrap",
+        run_dir=tmp_path,
         env={"PYTHONPATH": str(Path(__file__).parent)},
     )
     assert done.returncode != 0
@@ -194,7 +248,8 @@ def test_ddp_divergence_is_detected_when_parameters_are_frozen_before_wrapping(t
 # One row per bad input: (overrides, the message's regex). Adding an entry is one line.
 CLI_ERRORS = {
     "missing data root": (
-        ["data=image_folder", "data.root=/nonexistent/images"], r"data\.root=/nonexistent/images",
+        ["data=image_folder", "data.root=/nonexistent/images"],
+        r"data\.root=/nonexistent/images",
     ),
     "unknown model name": (["model.name=resnet5O"], r"model\.name='resnet5O'.*resnet50"),
     "bad freeze key": (["+freeze.k=3"], r"freeze\.k is not a key of freeze=gradual"),
@@ -225,8 +280,9 @@ def test_unknown_config_option_is_hydras_clear_error(tmp_path):
 
 
 def test_full_traceback_on_request(tmp_path):
-    done = run_cli("train.py", *FAST_CLI, "optimizer.lr=-1", run_dir=tmp_path,
-                   env={"HYDRA_FULL_ERROR": "1"})
+    done = run_cli(
+        "train.py", *FAST_CLI, "optimizer.lr=-1", run_dir=tmp_path, env={"HYDRA_FULL_ERROR": "1"}
+    )
     assert done.returncode != 0 and "Traceback" in done.stderr
 
 
@@ -237,8 +293,13 @@ def test_compose_only_does_not_import_torch():
         "except SystemExit: pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
     assert out.stdout.strip().endswith("NO_TORCH"), out.stdout[-500:] + out.stderr[-500:]
     assert "freeze:" in out.stdout and "_target_: ftlab.backbones.build_backbone" in out.stdout
 

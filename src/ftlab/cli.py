@@ -84,6 +84,7 @@ def _run(task: str, cfg: DictConfig) -> Any:
 def _main(config_name: str, task: str) -> None:
     # Deprecation noise from inside Lightning 2.6 that users cannot act on.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)
     def main(cfg: DictConfig) -> Any:
         return _run(task, cfg)

@@ -24,13 +24,15 @@ log = logging.getLogger("ftlab")
 def load_checkpoint(path: str | None) -> dict[str, Any]:
     """Read a Lightning checkpoint without unpickling code (``weights_only=True``)."""
     if not path:
-        raise FtlabError("ckpt_path is not set: python eval.py ckpt_path=<run>/checkpoints/last.ckpt")
+        raise FtlabError(
+            "ckpt_path is not set: python eval.py ckpt_path=<run>/checkpoints/last.ckpt"
+        )
     file = Path(path).expanduser()
     if not file.is_file():
         raise FtlabError(f"ckpt_path={path}: no such file")
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+    except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FtlabError(f"ckpt_path={path} is not a loadable checkpoint: {first}") from None
     if not isinstance(ckpt, dict) or "ftlab" not in ckpt or "state_dict" not in ckpt:

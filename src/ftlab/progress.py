@@ -36,8 +36,9 @@ class EpochLines(L.Callback):
         }
         shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
         seconds = time.perf_counter() - getattr(self, "_start", time.perf_counter())
-        log.info("epoch %d/%d %s (%.1fs)", trainer.current_epoch + 1, trainer.max_epochs, shown,
-                 seconds)
+        log.info(
+            "epoch %d/%d %s (%.1fs)", trainer.current_epoch + 1, trainer.max_epochs, shown, seconds
+        )
 
 
 class _DropTips(logging.Filter):

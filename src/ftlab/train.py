@@ -95,8 +95,9 @@ def train(cfg: DictConfig) -> float | None:
         path = run_dir / "schedule.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(plan.to_schedule(), sort_keys=False))
-        log.info("plan only; schedule written to %s (use freeze=schedule freeze.phases=%s)",
-                 path, path)
+        log.info(
+            "plan only; schedule written to %s (use freeze=schedule freeze.phases=%s)", path, path
+        )
         return None
     attach_optimization(module, cfg)
 
@@ -108,8 +109,11 @@ def train(cfg: DictConfig) -> float | None:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_progress_bar=show_bar
     )
     total = sum(p.numel() for p in module.parameters())
-    log.info("parameters: %s total, %s trainable at phase 0", f"{total:,}",
-             f"{plan.trainable_numel(0):,}")
+    log.info(
+        "parameters: %s total, %s trainable at phase 0",
+        f"{total:,}",
+        f"{plan.trainable_numel(0):,}",
+    )
 
     trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
     # Read the phase record before validate/test reload the best checkpoint.
@@ -166,4 +170,3 @@ def _optimized(cfg: DictConfig, val: dict, test: dict) -> float | None:
             f"optimized_metric={name} was not logged: use one of {', '.join(sorted(merged))}"
         )
     return float(merged[name])
-

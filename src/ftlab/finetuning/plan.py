@@ -145,9 +145,9 @@ def build_plan(
 
     Args:
         freeze: the ``freeze`` config (``name`` plus that schedule's keys).
-        groups: ordered ``(name, parameter names)`` from the input to the head; the last is the head.
+        groups: ordered ``(name, parameter names)``, input to head; the last is the head.
         params: parameter name -> tensor (only ``numel`` and ``ndim`` are read).
-        optimizer: the ``optimizer`` config (``lr``, ``weight_decay``, ``layer_decay``, ``lr_range``).
+        optimizer: the ``optimizer`` config (lr, weight_decay, layer_decay, lr_range).
         no_weight_decay: parameter names the model says must not decay.
         bn_params: parameters of BatchNorm layers (they keep training when ``bn=train``).
     """
@@ -187,7 +187,9 @@ def build_plan(
                 # Norms, biases and the model's own list don't decay (nanoGPT's 1-D rule).
                 decay = getattr(params[pname], "ndim", 2) > 1 and pname not in no_wd
                 buckets.setdefault((owner[pname], decay), []).append(pname)
-        for (phase, decay), pnames in sorted(buckets.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        for (phase, decay), pnames in sorted(
+            buckets.items(), key=lambda kv: (kv[0][0], not kv[0][1])
+        ):
             phase_lr = phases[phase].lr if phases[phase].lr is not None else base_lr
             units.append(
                 Unit(
@@ -424,7 +426,9 @@ def _regex_match(pattern: str, params: set[str], phase: int) -> list[str]:
     try:
         regex = re.compile(pattern)
     except re.error as err:
-        raise FtlabError(f"freeze.phases[{phase}]: {pattern!r} is not a valid regex: {err}") from None
+        raise FtlabError(
+            f"freeze.phases[{phase}]: {pattern!r} is not a valid regex: {err}"
+        ) from None
     return sorted(p for p in params if regex.search(p))
 
 

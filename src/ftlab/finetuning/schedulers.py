@@ -30,9 +30,7 @@ def cosine_with_warmup(
 ) -> LambdaLR:
     """Cosine with linear warmup as a LambdaLR: a multiplier on every group's base lr."""
     warmup_steps = _steps(warmup, total_steps)
-    return LambdaLR(
-        optimizer, lambda s: cosine_factor(s, total_steps, warmup_steps, min_lr_ratio)
-    )
+    return LambdaLR(optimizer, lambda s: cosine_factor(s, total_steps, warmup_steps, min_lr_ratio))
 
 
 def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25) -> OneCycleLR:
