@@ -1,4 +1,5 @@
-"""Console entry points: ``ftlab-train``, ``ftlab-eval``, ``ftlab-plan`` and the root shims.
+"""Console entry points: ``ftlab-train``, ``ftlab-eval``, ``ftlab-plan``, ``ftlab-export`` and
+the root shims.
 
 Only Hydra is imported here, so composing a config (``--cfg job``) never imports torch. A bad
 input ends in one line on stderr that names the key or path, exit status 2, and no
@@ -100,6 +101,12 @@ def train_main() -> None:
 def eval_main() -> None:
     """``ftlab-eval``: evaluate a checkpoint on any data config."""
     _main("eval", "ftlab.evaluate:evaluate")
+
+
+def export_main() -> None:
+    """``ftlab-export ckpt_path=...``: the checkpoint as a plain model with LoRA folded in."""
+    sys.argv.append("export=merged")
+    eval_main()
 
 
 def plan_main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -10,7 +11,10 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from safetensors.torch import save_file
 
+from ftlab.adapters import inject_lora, merge_lora
+from ftlab.adapters.lora import cpu_state
 from ftlab.data import build_data
 from ftlab.errors import FtlabError
 from ftlab.loggers import build_loggers, finish
@@ -44,6 +48,8 @@ def restore_module(ckpt: dict[str, Any]) -> tuple[FinetuneModule, Any]:
     """The trained module (backbone built from the run's own model config) and its backbone."""
     meta = ckpt["ftlab"]
     backbone = instantiate(meta["model"])
+    if meta.get("lora"):  # the same adapters as in training, so that the state dict fits
+        inject_lora(backbone, meta["lora"])
     classes = meta["classes"]
     head = make_head(backbone.num_features, len(classes), meta.get("head_dropout", 0.0))
     module = FinetuneModule(backbone, head, len(classes), meta=meta)
@@ -51,7 +57,34 @@ def restore_module(ckpt: dict[str, Any]) -> tuple[FinetuneModule, Any]:
     return module, backbone
 
 
-def evaluate(cfg: DictConfig) -> float:
+EXPORTS = ("merged",)
+
+
+def export(cfg: DictConfig) -> Path:
+    """``export=merged``: the checkpoint as a plain model, LoRA adapters folded into their layers.
+
+    Writes ``<output_dir>/merged/``: ``model.safetensors`` (the library model's own parameter
+    names: ``timm.create_model(name, num_classes=0)`` or the Hugging Face model load it without
+    peft), ``head.safetensors`` and ``ftlab.json`` (model config and classes).
+    """
+    if cfg.export not in EXPORTS:
+        raise FtlabError(f"export={cfg.export} is unknown: use export=merged")
+    module, backbone = restore_module(load_checkpoint(cfg.get("ckpt_path")))
+    model = merge_lora(backbone.model)
+    out = Path(cfg.paths.output_dir) / "merged"
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(cpu_state(model.state_dict()), out / "model.safetensors", metadata={"format": "pt"})
+    save_file(cpu_state(module.head.state_dict()), out / "head.safetensors")
+    meta = {k: module.meta[k] for k in ("model", "classes", "head_dropout")}
+    (out / "ftlab.json").write_text(json.dumps({**meta, "lora_merged": module.meta.get("lora")}))
+    log.info("merged model written to %s", out)
+    return out
+
+
+def evaluate(cfg: DictConfig) -> float | None:
+    if cfg.get("export"):
+        export(cfg)
+        return None
     started = time.perf_counter()
     quiet_lightning()
     ckpt = load_checkpoint(cfg.get("ckpt_path"))

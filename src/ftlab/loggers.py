@@ -11,6 +11,8 @@ from typing import Any
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 
+from ftlab.sweeps import wandb_context
+
 log = logging.getLogger("ftlab")
 
 
@@ -39,6 +41,9 @@ def build_loggers(cfg: Mapping[str, Any] | None) -> list[Logger]:
                     "(upload later with `wandb sync <run dir>`)",
                     conf.get("save_dir"),
                 )
+        if conf["_target_"].endswith("WandbLogger"):
+            # A multirun job: its sweep as the wandb group, its overrides as tags.
+            kwargs |= {k: v for k, v in wandb_context().items() if not conf.get(k)}
         loggers.append(instantiate(conf, **kwargs))
         log.debug("logger %s: %s", name, type(loggers[-1]).__name__)
     return loggers

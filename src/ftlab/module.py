@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -12,8 +12,11 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from ftlab.adapters import is_adapter_param
 from ftlab.finetuning import HEAD, Plan
+from ftlab.finetuning.features import FEATURES
 from ftlab.finetuning.freezing import param_groups, set_bn_modes
+from ftlab.finetuning.plan import LORA
 
 STAGES = ("train", "val", "test")
 
@@ -57,11 +60,19 @@ class FinetuneModule(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{s}_": metrics.clone(prefix=f"{s}/") for s in STAGES})
 
     def layer_groups(self) -> list[tuple[str, tuple[str, ...]]]:
-        """The backbone's groups (input first) plus the head, with module-level names."""
+        """The backbone's groups (input first) plus the head, with module-level names.
+
+        LoRA adapters form one group ``lora`` just below the head: the backbone groups keep
+        only their base weights, so a plan can train the adapters and the base weights apart.
+        """
         groups = [
             (g.name, tuple(f"backbone.{p}" for p in g.param_names))
             for g in self.backbone.layer_groups()
         ]
+        adapters = tuple(p for _, names in groups for p in names if is_adapter_param(p))
+        if adapters:
+            groups = [(g, tuple(p for p in ps if not is_adapter_param(p))) for g, ps in groups]
+            groups.append((LORA, adapters))
         head = tuple(f"head.{n}" for n, _ in self.head.named_parameters())
         return [*groups, (HEAD, head)]
 
@@ -69,12 +80,23 @@ class FinetuneModule(L.LightningModule):
         return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
 
     def forward(self, inputs: Any) -> torch.Tensor:
+        if isinstance(inputs, Mapping) and FEATURES in inputs:
+            # Cached backbone outputs (ftlab.finetuning.features), only valid while it is frozen.
+            if self.training and self.backbone_trains():
+                raise RuntimeError("cached features reached a phase that trains the backbone")
+            return self.head(inputs[FEATURES])
         return self.head(self.backbone(inputs))
 
+    def backbone_trains(self) -> bool:
+        return any(p.requires_grad for p in self.backbone.parameters())
+
     def train(self, mode: bool = True) -> FinetuneModule:
-        # Every switch to training mode must leave frozen BatchNorm layers in eval mode.
+        # Every switch to training mode leaves frozen BatchNorm layers in eval mode, and a wholly
+        # frozen backbone too (dropout off): a fixed feature extractor, equal to cached features.
         super().train(mode)
         set_bn_modes(self)
+        if mode and not self.backbone_trains():
+            self.backbone.eval()
         return self
 
     def _step(self, batch: tuple[Any, torch.Tensor], stage: str) -> torch.Tensor:

@@ -14,10 +14,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from ftlab.adapters import add_lora, save_run_adapter
 from ftlab.data import build_data
 from ftlab.errors import FtlabError
+from ftlab.evaluation import RunEvaluation
 from ftlab.finetuning import build_plan
 from ftlab.finetuning.callback import PhaseCallback
+from ftlab.finetuning.features import FeatureCache
 from ftlab.finetuning.freezing import bn_params
 from ftlab.finetuning.report import print_plan
 from ftlab.loggers import build_loggers, finish
@@ -42,6 +45,8 @@ def split_keys(cfg: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[dict, dic
 def build_model(cfg: DictConfig):
     """Backbone, data and head, with the plan over their parameters."""
     backbone = instantiate(cfg.model)
+    freeze = OmegaConf.to_container(cfg.freeze, resolve=True)
+    lora = add_lora(backbone, freeze)  # before the plan, so the adapters get their layer group
     data = build_data(cfg.data, backbone.input_spec)
     data.prepare_data()
     data.setup("fit")
@@ -50,12 +55,13 @@ def build_model(cfg: DictConfig):
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "classes": list(data.classes),
         "head_dropout": cfg.get("head_dropout", 0.0),
+        "lora": lora,  # eval.py re-injects the same adapters before loading the weights
     }
     module = FinetuneModule(backbone, head, data.num_classes, meta=meta)
     named = dict(module.named_parameters())
     optimizer_cfg, _ = split_keys(cfg.optimizer, ())
     module.plan = build_plan(
-        OmegaConf.to_container(cfg.freeze, resolve=True),
+        freeze,
         module.layer_groups(),
         named,
         optimizer_cfg,
@@ -100,27 +106,38 @@ def train(cfg: DictConfig) -> float | None:
         )
         return None
     attach_optimization(module, cfg)
+    evaluation = RunEvaluation(cfg, module, data)  # θ₀ snapshot; data.ood checked before fit
 
     phases = PhaseCallback(plan)
+    cache = FeatureCache.from_config(cfg, plan, data)  # head-only epochs train on cached features
     show_bar, progress = progress_callbacks()
-    callbacks = [*build_callbacks(cfg.get("callbacks")), phases, *progress]
+    callbacks = [*build_callbacks(cfg.get("callbacks")), phases, *cache.callbacks, *progress]
     loggers = build_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_progress_bar=show_bar
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_progress_bar=show_bar,
+        **cache.trainer_kwargs,
     )
     total = sum(p.numel() for p in module.parameters())
     log.info(
-        "parameters: %s total, %s trainable at phase 0",
+        "parameters: %s total, %s trainable at phase 0 (%.2f%%)",
         f"{total:,}",
         f"{plan.trainable_numel(0):,}",
+        100 * plan.trainable_numel(0) / total,
     )
 
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=cache.datamodule, ckpt_path=cfg.get("ckpt_path"))
     # Read the phase record before validate/test reload the best checkpoint.
     history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
     best = _best_checkpoint(trainer)
     val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
     test = trainer.test(module, datamodule=data, ckpt_path=best, verbose=False) if cfg.test else []
+    lora = None
+    if module.meta["lora"] and trainer.is_global_zero:  # the best weights' adapter, peft format
+        lora = save_run_adapter(module, plan.trainable(last_phase or 0), run_dir / "adapter")
+    extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
     finish(loggers)
 
     metrics = {
@@ -131,12 +148,16 @@ def train(cfg: DictConfig) -> float | None:
         "wall_time_s": round(time.perf_counter() - started, 3),
         "trainable_params": plan.trainable_numel(last_phase or 0),
         "total_params": total,
+        "trainable_share": round(plan.trainable_numel(last_phase or 0) / total, 6),
+        "lora": lora,
+        "feature_cache": cache.report(),
         "model": {"name": cfg.model.name, "weights_id": getattr(module.backbone, "weights_id", "")},
         "data": {"target": cfg.data._target_, "num_classes": data.num_classes},
         "seed": cfg.seed,
         "phases": history,
         "rank_checksums": checksums,
         "world_size": trainer.world_size,
+        **extra,  # ood, wise_ft, drift (ftlab.evaluation)
     }
     value = _optimized(cfg, val[0] if val else {}, test[0] if test else {})
     metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": value}

@@ -38,4 +38,6 @@ def build_data(cfg: Any, input_spec: ImageSpec | TextSpec) -> ClassificationData
     The spec goes in through a partial: passed to ``instantiate`` directly, Hydra would turn the
     dataclass (and its tokenizer) into a DictConfig.
     """
+    if "ood" in cfg:  # evaluation-only test sets (ftlab.evaluation.ood), not a constructor key
+        cfg = {key: value for key, value in cfg.items() if key != "ood"}
     return instantiate(cfg, _partial_=True)(input_spec=input_spec)

@@ -19,11 +19,21 @@ Encoded = dict[str, list[int]]
 
 
 class TokenizedDataset(Dataset):
-    """Texts tokenized once up front (unpadded); an item is ``({key: ids}, label)``."""
+    """Texts tokenized once up front (unpadded); an item is ``({key: ids}, label)``.
 
-    def __init__(self, encodings: dict[str, list[list[int]]], labels: np.ndarray) -> None:
+    ``texts`` keeps the raw texts, so that evaluation can re-tokenize shifted copies of them
+    (``ftlab.evaluation.shifts``).
+    """
+
+    def __init__(
+        self,
+        encodings: dict[str, list[list[int]]],
+        labels: np.ndarray,
+        texts: list[str] | None = None,
+    ) -> None:
         self.encodings = encodings
         self.labels = labels.astype(np.int64)
+        self.texts = texts
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -101,4 +111,4 @@ class TextDataModule(ClassificationDataModule):
         """Tokenize (truncated, unpadded) into a data set."""
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         kept = {key: list(encoded[key]) for key in MODEL_INPUTS if key in encoded}
-        return TokenizedDataset(kept, labels)
+        return TokenizedDataset(kept, labels, texts)

@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ftlab.finetuning.freezing import apply_trainable, checksum, set_bn_modes
+from ftlab.finetuning.freezing import apply_trainable, checksum
 from ftlab.finetuning.plan import Plan
 from ftlab.finetuning.schedulers import rescale_lrs
 
@@ -54,7 +54,8 @@ class PhaseCallback(L.Callback):
             return
         trainable = self.plan.trainable(phase)
         count = apply_trainable(pl_module, trainable)
-        set_bn_modes(pl_module)
+        # Re-derive the modules' modes from requires_grad (frozen BatchNorm, frozen backbone).
+        pl_module.train(pl_module.training)
         for p in range(self.applied + 1, phase + 1):
             self._scale(trainer, p)
         self.applied = max(self.applied, phase)

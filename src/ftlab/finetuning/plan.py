@@ -19,6 +19,11 @@ from typing import Any
 from ftlab.errors import FtlabError
 
 HEAD = "head"
+# The LoRA adapters' layer group (ftlab.adapters), just below the head when the model has them.
+LORA = "lora"
+# A group name for every backbone layer group: the base weights, without the head and adapters.
+BACKBONE = "backbone"
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 BN_MODES = ("frozen", "train")
 PHASE_KEYS = ("epoch", "groups", "lr", "lr_scale")
 
@@ -29,9 +34,10 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "gradual": ("every", "step", "until"),
     "bottom_k": ("k",),
     "lp_ft": ("lp_epochs", "ft_lr_scale"),
-    "schedule": ("phases",),
+    "lora": LORA_KEYS,
+    "schedule": ("phases", "lora"),
 }
-COMMON_KEYS = ("name", "bn")
+COMMON_KEYS = ("name", "bn", "cache_features", "head_solver")
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class Plan:
     group_numel: Mapping[str, int]
     bn: str
     frozen_forever: tuple[str, ...] = field(default=())  # parameters no phase unfreezes
+    lora: Mapping[str, Any] | None = None  # LoRA settings (lora_settings) the adapters came from
 
     def phase_at(self, epoch: int) -> int:
         """Index of the phase active at ``epoch``."""
@@ -126,11 +133,34 @@ class Plan:
 
     def to_schedule(self) -> dict[str, Any]:
         """This plan as a ``freeze=schedule`` config, for users to start from."""
-        return {
-            "name": "schedule",
-            "phases": [p.to_dict() for p in self.phases],
-            "bn": self.bn,
-        }
+        out = {"name": "schedule", "phases": [p.to_dict() for p in self.phases], "bn": self.bn}
+        if self.lora is not None:
+            out["lora"] = dict(self.lora)
+        return out
+
+
+def lora_settings(freeze: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The LoRA settings of a ``freeze`` config (None without LoRA), as given.
+
+    ``freeze=lora`` holds them as its own keys (``freeze.r``), ``freeze=schedule`` in
+    ``freeze.lora`` (``freeze.lora.r``) or in the schedule file that plan=true writes.
+    """
+    if freeze.get("name") == "lora":
+        return {k: freeze[k] for k in LORA_KEYS if k in freeze}
+    if freeze.get("name") != "schedule":
+        return None
+    lora, phases = freeze.get("lora"), freeze.get("phases")
+    if lora is None and isinstance(phases, str):
+        written = _read_schedule_file(phases)
+        lora = written.get("lora") if isinstance(written, Mapping) else None
+    if lora is None:
+        return None
+    if not isinstance(lora, Mapping):
+        raise FtlabError(f"freeze.lora={lora} must be a mapping like {{r: 8, alpha: 16}} or null")
+    for key in lora:
+        if key not in LORA_KEYS:
+            raise FtlabError(f"freeze.lora.{key} is not a LoRA key: use {', '.join(LORA_KEYS)}")
+    return dict(lora)
 
 
 def build_plan(
@@ -211,6 +241,7 @@ def build_plan(
         group_numel={g: sum(int(params[p].numel()) for p in names) for g, names in groups},
         bn=bn,
         frozen_forever=tuple(p for p in params if p not in owner),
+        lora=lora_settings(freeze),
     )
 
 
@@ -314,6 +345,12 @@ def _lp_ft(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Ph
     ]
 
 
+def _lora(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Phase]:
+    if LORA not in backbone:
+        raise FtlabError("freeze=lora: the model has no LoRA adapters (see ftlab.adapters)")
+    return [Phase(0, (LORA, HEAD))]
+
+
 def _explicit(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Phase]:
     raw = freeze.get("phases")
     if isinstance(raw, str):
@@ -352,6 +389,12 @@ def _explicit(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list
 
 
 def _load_phases_file(path: str) -> Any:
+    data = _read_schedule_file(path)
+    # Accept both a bare list and the `freeze=schedule` mapping that plan=true writes.
+    return data.get("phases") if isinstance(data, Mapping) else data
+
+
+def _read_schedule_file(path: str) -> Any:
     import yaml  # a hydra/omegaconf dependency
 
     file = Path(path).expanduser()
@@ -361,8 +404,7 @@ def _load_phases_file(path: str) -> Any:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as err:
         raise FtlabError(f"freeze.phases={path} is not valid YAML: {err}".splitlines()[0]) from None
-    # Accept both a bare list and the `freeze=schedule` mapping that plan=true writes.
-    return data.get("phases") if isinstance(data, Mapping) else data
+    return data
 
 
 _SCHEDULES = {
@@ -371,6 +413,7 @@ _SCHEDULES = {
     "gradual": _gradual,
     "bottom_k": _bottom_k,
     "lp_ft": _lp_ft,
+    "lora": _lora,
     "schedule": _explicit,
 }
 
@@ -398,6 +441,10 @@ def _assign(
 ) -> dict[str, int]:
     """Parameter name -> index of the phase that unfreezes it; errors name the phase."""
     by_group = {g: list(names) for g, names in groups}
+    by_group.setdefault(
+        BACKBONE, [p for g, names in groups if g not in (HEAD, LORA) for p in names]
+    )
+    adapters = set(by_group.get(LORA, ()))
     owner: dict[str, int] = {}
     for i, phase in enumerate(phases):
         for pattern in phase.groups:
@@ -409,16 +456,18 @@ def _assign(
                 )
             for pname in matched:
                 if pname in owner and owner[pname] != i:
+                    hint = f" (the group {BACKBONE!r} is the base weights without the adapters)"
                     raise FtlabError(
                         f"freeze.phases[{i}]: {pattern!r} unfreezes {pname}, which "
                         f"freeze.phases[{owner[pname]}] already unfreezes: a parameter belongs "
-                        "to one phase"
+                        f"to one phase{hint if pname in adapters else ''}"
                     )
                 owner[pname] = i
-    # The new head must train from the start unless a phase places it explicitly.
-    head = by_group[HEAD]
-    if not any(p in owner for p in head):
-        owner.update(dict.fromkeys(head, 0))
+    # New modules (the head, LoRA adapters) train from the start unless a phase places them.
+    for new in (HEAD, LORA):
+        names = by_group.get(new, [])
+        if not any(p in owner for p in names):
+            owner.update(dict.fromkeys(names, 0))
     return owner
 
 

@@ -70,7 +70,8 @@ def search_space(params: Mapping[str, str], arguments: Sequence[str]) -> SearchS
     texts = [f"{key}={value}" for key, value in params.items()] + list(arguments)
     by_key: dict[str, Override] = {}
     for override in OverridesParser.create().parse_overrides(texts):
-        by_key[override.key_or_group] = override  # later (the command line) wins
+        by_key.pop(override.key_or_group, None)  # the later (command line) wins, in its place
+        by_key[override.key_or_group] = override
     space = SearchSpace()
     for name, override in by_key.items():
         if override.is_sweep_override():

@@ -22,7 +22,7 @@ from ftlab.errors import FtlabError
 from ftlab.sweeps.context import parse_override, sweep_id
 
 SEED_KEY = "seed"  # the override that replicates a setting; every other override defines one
-STAGES = ("train", "val", "test")  # metrics.json sections whose numbers are metrics
+STAGES = ("train", "val", "test", "ood")  # metrics.json sections whose numbers are metrics
 NOT_METRICS = {"seed", "world_size"}  # top-level numbers that describe a job, not its result
 JOB_MARKERS = (".hydra", "metrics.json", "status.json")
 DEFAULT_METRIC, DEFAULT_MODE = "val/acc", "max"
@@ -42,13 +42,17 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=lambda d: (not d.name.isdigit(), d.name.zfill(12)))
 
 
-def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """``{"val": {"acc": 0.9}, "wall_time_s": 3.1}`` -> ``{"val/acc": 0.9, "wall_time_s": 3.1}``."""
+def flatten_metrics(metrics: dict[str, Any], top: bool = True) -> dict[str, float]:
+    """``{"val": {"acc": 0.9}, "wall_time_s": 3.1}`` -> ``{"val/acc": 0.9, "wall_time_s": 3.1}``.
+
+    The numbers of the evaluation sections (nested ones too: ``ood/<set>/acc``) and the
+    top-level numbers; other sections (phases, drift, ...) are diagnostics, not sweep metrics.
+    """
     flat: dict[str, float] = {}
     for key, value in metrics.items():
-        if key in STAGES and isinstance(value, dict):
-            flat.update({f"{key}/{k}": float(v) for k, v in value.items() if _is_number(v)})
-        elif key not in NOT_METRICS and _is_number(value):
+        if isinstance(value, dict) and (key in STAGES or not top):
+            flat.update({f"{key}/{k}": v for k, v in flatten_metrics(value, top=False).items()})
+        elif _is_number(value) and not (top and key in NOT_METRICS):
             flat[key] = float(value)
     return flat
 
@@ -89,10 +93,10 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per job: ``job``, ``status``, ``error``, one column per override, one per metric.
 
     Metrics are named like ``val/acc``; a job lacking a metric others have gets NaN. Override
-    columns hold the values as typed (strings; None where a job lacks the override). ``.attrs``
-    records ``overrides`` and
-    ``metrics`` (the column names), ``sweep_dir``, and the sweep's ``metric``/``mode``
-    (its ``optimized_metric``/``optimized_mode``), which :func:`summarize` uses.
+    columns hold the values as typed (strings; None where a job lacks the override).
+    ``.attrs`` records ``overrides`` and ``metrics`` (the column names), ``sweep_dir``, and the
+    sweep's ``metric``/``mode`` (its ``optimized_metric``/``optimized_mode``) for
+    :func:`summarize`.
     """
     path = Path(sweep_dir)
     jobs = [read_job(d) for d in _job_dirs_or_error(path)]
@@ -151,9 +155,9 @@ def summarize(
         if SEED_KEY in group:
             row["seeds"] = " ".join(str(s) for s in group[SEED_KEY].dropna())
         for name in [metric, *(n for n in names if n != metric)]:
-            values_ = done[name] if name in done else pd.Series(dtype=float)
-            row[f"{name}_mean"] = values_.mean()
-            row[f"{name}_std"] = values_.std()  # over seeds (ddof=1); NaN for a single seed
+            column = done[name] if name in done else pd.Series(dtype=float)
+            row[f"{name}_mean"] = column.mean()
+            row[f"{name}_std"] = column.std()  # over seeds (ddof=1); NaN for a single seed
         rows.append(row)
     summary = pd.DataFrame(rows)
     summary.attrs.update(jobs.attrs, settings=settings, metric=metric, mode=mode, fixed=fixed)

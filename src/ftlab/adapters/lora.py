@@ -1,0 +1,243 @@
+"""LoRA adapters through peft, injected in place into a backbone's library model.
+
+``inject_adapter_in_model`` keeps the timm / Hugging Face model itself (no ``PeftModel``
+wrapper), so layer groups, ``group_matcher`` and parameter names stay those of the model:
+an adapted layer ``blocks.0.attn.qkv`` holds its base weight as ``...qkv.base_layer.weight``
+and the adapter as ``...qkv.lora_A.default.weight`` / ``...qkv.lora_B.default.weight``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ftlab.errors import FtlabError
+from ftlab.finetuning.plan import lora_settings
+
+log = logging.getLogger(__name__)
+
+ADAPTER = "default"  # peft's adapter name, the one PeftModel.from_pretrained loads into
+DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": None}
+# Default targets by family: the attention and MLP linears of transformer blocks.
+TIMM_TARGETS = ("qkv", "proj", "fc1", "fc2")  # timm ViT, DeiT, Swin, ConvNeXt (MLP only)
+HF_TARGETS = ("query", "value", "q_lin", "v_lin")  # BERT-like; DistilBERT
+ADAPTER_FILE = "adapter_model.safetensors"
+HEAD_FILE = "head.safetensors"
+PEFT_PREFIX = "base_model.model."  # key prefix of a PeftModel's saved adapter
+
+
+def is_adapter_param(name: str) -> bool:
+    """Whether a parameter belongs to a LoRA adapter (peft names every adapter tensor lora_*)."""
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def adapter_numel(module: nn.Module) -> int:
+    return sum(p.numel() for n, p in module.named_parameters() if is_adapter_param(n))
+
+
+def cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies, as safetensors writes them."""
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def add_lora(backbone: nn.Module, freeze: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Inject the adapters the ``freeze`` config asks for; return their settings (None: no LoRA).
+
+    The settings hold the resolved module names, so :func:`inject_lora` rebuilds the same model
+    from a checkpoint's meta.
+    """
+    given = lora_settings(freeze)
+    if given is None:
+        return None
+    prefix = "freeze." if freeze.get("name") == "lora" else "freeze.lora."
+    settings = _validated({**DEFAULTS, **given}, prefix)
+    settings["target_modules"] = _resolve_targets(backbone, settings["target_modules"], prefix)
+    inject_lora(backbone, settings, prefix)
+    log.info(
+        "LoRA r=%d alpha=%g dropout=%g on %d modules: %s adapter parameters",
+        settings["r"],
+        settings["alpha"],
+        settings["dropout"],
+        len(settings["target_modules"]),
+        f"{adapter_numel(backbone):,}",
+    )
+    return settings
+
+
+def inject_lora(backbone: nn.Module, settings: Mapping[str, Any], prefix: str = "freeze.") -> None:
+    """Add adapters (settings from :func:`add_lora`) to ``backbone.model``, in place."""
+    try:
+        inject_adapter_in_model(_config(settings), backbone.model, adapter_name=ADAPTER)
+    except ValueError as err:  # e.g. a layer type peft has no LoRA for
+        first = str(err).strip().splitlines()[0]
+        raise FtlabError(f"{prefix}target_modules: peft cannot adapt them: {first}") from None
+    # peft freezes the base weights; ftlab freezes by plan, after DDP registered every parameter.
+    for param in backbone.parameters():
+        param.requires_grad_(True)
+
+
+def save_adapter(
+    backbone: nn.Module, head: nn.Module, settings: Mapping[str, Any], out: Path
+) -> int:
+    """Write the adapter in peft's format (what ``PeftModel.from_pretrained(model, out)`` reads)
+    and the head beside it; return the adapter file's size in bytes."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(backbone.model, adapter_name=ADAPTER)
+    state = {PEFT_PREFIX + k: v for k, v in state.items()}
+    save_file(cpu_state(state), out / ADAPTER_FILE, metadata={"format": "pt"})
+    config = _config(settings)
+    config.base_model_name_or_path = getattr(backbone, "name", None)
+    config.save_pretrained(str(out))
+    save_file(cpu_state(head.state_dict()), out / HEAD_FILE)
+    return (out / ADAPTER_FILE).stat().st_size
+
+
+def load_adapter(backbone: nn.Module, directory: Path) -> None:
+    """Inject and load an adapter written by :func:`save_adapter` into a fresh backbone."""
+    config = json.loads((directory / "adapter_config.json").read_text())
+    settings = {
+        "r": config["r"],
+        "alpha": config["lora_alpha"],
+        "dropout": config["lora_dropout"],
+        "target_modules": sorted(config["target_modules"]),
+    }
+    inject_lora(backbone, settings)
+    state = load_file(directory / ADAPTER_FILE)
+    plain = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
+    result = set_peft_model_state_dict(backbone.model, plain, adapter_name=ADAPTER)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise FtlabError(f"{directory}: adapter keys not in the model: {unexpected[:3]}")
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base layer and put the plain layer back (in place).
+
+    The merged model has the library's own parameter names and loads without peft.
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge(safe_merge=True)
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):  # left by inject_adapter_in_model
+        del model.peft_config
+    return model
+
+
+# --- settings and targets ----------------------------------------------------------------------
+
+
+def _config(settings: Mapping[str, Any]) -> LoraConfig:
+    return LoraConfig(
+        r=settings["r"],
+        lora_alpha=settings["alpha"],
+        lora_dropout=settings["dropout"],
+        target_modules=list(settings["target_modules"]),
+        bias="none",
+    )
+
+
+def _validated(settings: dict[str, Any], prefix: str) -> dict[str, Any]:
+    r, alpha, dropout = settings["r"], settings["alpha"], settings["dropout"]
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise FtlabError(f"{prefix}r={r} must be an integer >= 1, e.g. 8")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha <= 0:
+        raise FtlabError(f"{prefix}alpha={alpha} must be a number > 0, e.g. 16 (scale alpha/r)")
+    if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise FtlabError(f"{prefix}dropout={dropout} must be in [0, 1)")
+    targets = settings["target_modules"]
+    if (
+        targets is not None
+        and not isinstance(targets, str)
+        and (not isinstance(targets, Sequence) or not all(isinstance(t, str) for t in targets))
+    ):
+        raise FtlabError(
+            f"{prefix}target_modules={targets} must be null, a list of module names or a regex"
+        )
+    return {"r": r, "alpha": float(alpha), "dropout": float(dropout), "target_modules": targets}
+
+
+def _resolve_targets(
+    backbone: nn.Module, targets: str | Sequence[str] | None, prefix: str
+) -> list[str]:
+    """Full module names to adapt, with peft's matching rules for a user's list or regex:
+    a name matches a list entry it equals or ends with (``.qkv``); a string is a full regex."""
+    named = dict(backbone.model.named_modules())
+    if targets is None:
+        names = _default_targets(backbone, named)
+        if not names:
+            raise FtlabError(
+                f"{prefix}target_modules: no default LoRA targets for {backbone.name} "
+                f"({backbone.family}); name the layers, e.g. {prefix}target_modules=[query,value]"
+            )
+        return names
+    if isinstance(targets, str):
+        regex = _compile(targets, prefix)
+        names = [n for n in named if n and regex.fullmatch(n)]
+    else:
+        names = [n for n in named if n and any(n == t or n.endswith("." + t) for t in targets)]
+    if not names:
+        raise FtlabError(
+            f"{prefix}target_modules={targets} matches no module of {backbone.name} "
+            f"(e.g. {', '.join(list(named)[1:4])})"
+        )
+    return names
+
+
+def _default_targets(backbone: nn.Module, named: Mapping[str, nn.Module]) -> list[str]:
+    """Transformer linears by family; for timm models without them, every ungrouped conv
+    (peft cannot merge LoRA into grouped or depthwise convs)."""
+    suffixes = HF_TARGETS if backbone.family == "hf" else TIMM_TARGETS
+    linears = [
+        n for n, m in named.items() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in suffixes
+    ]
+    if linears or backbone.family == "hf":
+        return linears
+    return [n for n, m in named.items() if isinstance(m, nn.Conv2d) and m.groups == 1]
+
+
+def _compile(pattern: str, prefix: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        message = f"{prefix}target_modules={pattern!r} is not a valid regex: {err}"
+        raise FtlabError(message) from None
+
+
+def save_run_adapter(module: nn.Module, trained: set[str], out: Path) -> dict[str, Any]:
+    """At the end of a LoRA run: write the adapter and head to ``out``; return what metrics.json
+    records about them."""
+    settings = module.meta["lora"]
+    size = save_adapter(module.backbone, module.head, settings, out)
+    base = sorted(n for n in trained if n.startswith("backbone.") and not is_adapter_param(n))
+    if base:
+        log.warning(
+            "%d base weights trained too (e.g. %s): %s holds only the adapter and head; the "
+            "checkpoint and `python eval.py export=merged ckpt_path=...` hold the whole model",
+            len(base),
+            base[0],
+            out,
+        )
+    return {
+        "r": settings["r"],
+        "alpha": settings["alpha"],
+        "dropout": settings["dropout"],
+        "modules": len(settings["target_modules"]),
+        "adapter_params": adapter_numel(module.backbone),
+        "adapter_dir": str(out),
+        "adapter_bytes": size,
+        "base_weights_trained": bool(base),
+    }

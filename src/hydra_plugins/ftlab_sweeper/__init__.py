@@ -1,0 +1,1 @@
+"""ftlab's Hydra plugins: ``hydra/sweeper=ftlab_optuna``, which ``hparams_search=optuna`` picks."""
