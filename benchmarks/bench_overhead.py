@@ -10,10 +10,10 @@ import time
 
 import lightning as L
 import torch
+from common import build_module, interleaved, report
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from common import build_module, interleaved, report
 from ftlab.finetuning.callback import PhaseCallback
 from ftlab.finetuning.freezing import apply_trainable, param_groups
 
@@ -36,9 +36,16 @@ class EpochTimer(L.Callback):
 def ftlab_epoch(module, loader) -> float:
     timer = EpochTimer()
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, callbacks=[PhaseCallback(module.plan), timer],
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[PhaseCallback(module.plan), timer],
     )
     trainer.fit(module, train_dataloaders=loader)
     return timer.seconds
@@ -61,8 +68,9 @@ def run(repeats: int = 5) -> list[dict]:
     for name, (model, size, batch, steps) in CASES.items():
         for freeze in ("none", "linear_probe"):
             torch.manual_seed(0)
-            data = TensorDataset(torch.randn(batch * steps, 3, size, size),
-                                 torch.randint(0, 10, (batch * steps,)))
+            data = TensorDataset(
+                torch.randn(batch * steps, 3, size, size), torch.randint(0, 10, (batch * steps,))
+            )
             loader = DataLoader(data, batch_size=batch)
             ours, hand = build_module(model, freeze, size), build_module(model, freeze, size)
             apply_trainable(hand, hand.plan.trainable(0))
@@ -79,12 +87,19 @@ def run(repeats: int = 5) -> list[dict]:
             seconds["ftlab"].clear(), seconds["hand"].clear()
             interleaved({"ftlab": run_ftlab, "hand": run_hand}, repeats)
             ratio = sorted(seconds["ftlab"])[repeats // 2] / sorted(seconds["hand"])[repeats // 2]
-            records.append(report(
-                "overhead", f"{name} {'full' if freeze == 'none' else 'frozen'} ftlab/hand",
-                ratio, "ratio", f"<= {TARGET}", ratio <= TARGET,
-                ftlab_s=sorted(seconds["ftlab"])[repeats // 2],
-                hand_s=sorted(seconds["hand"])[repeats // 2], repeats=repeats,
-            ))
+            records.append(
+                report(
+                    "overhead",
+                    f"{name} {'full' if freeze == 'none' else 'frozen'} ftlab/hand",
+                    ratio,
+                    "ratio",
+                    f"<= {TARGET}",
+                    ratio <= TARGET,
+                    ftlab_s=sorted(seconds["ftlab"])[repeats // 2],
+                    hand_s=sorted(seconds["hand"])[repeats // 2],
+                    repeats=repeats,
+                )
+            )
     return records
 
 

@@ -17,8 +17,15 @@ RESULTS = Path(__file__).parent / "results"
 
 def report(bench: str, case: str, value: float, unit: str, target: str, ok: bool | None, **extra):
     """Print one JSON line (machine) and one human line; return the record."""
-    record = {"bench": bench, "case": case, "value": round(value, 4), "unit": unit,
-              "target": target, "ok": ok, **extra}
+    record = {
+        "bench": bench,
+        "case": case,
+        "value": round(value, 4),
+        "unit": unit,
+        "target": target,
+        "ok": ok,
+        **extra,
+    }
     print(json.dumps(record), flush=True)
     verdict = "" if ok is None else ("  ok" if ok else "  MISSED")
     print(f"# {bench:9s} {case:42s} {value:10.4g} {unit:8s} target {target}{verdict}", flush=True)
@@ -62,8 +69,12 @@ def build_module(model: str, freeze: str, image_size: int, num_classes: int = 10
     head = make_head(backbone.num_features, num_classes)
     module = FinetuneModule(backbone, head, num_classes)
     module.plan = build_plan(
-        {"name": freeze}, module.layer_groups(), dict(module.named_parameters()),
-        {"lr": 1e-3, "weight_decay": 0.05, **opt}, module.no_weight_decay(), bn_params(module),
+        {"name": freeze},
+        module.layer_groups(),
+        dict(module.named_parameters()),
+        {"lr": 1e-3, "weight_decay": 0.05, **opt},
+        module.no_weight_decay(),
+        bn_params(module),
     )
     module.optimizer_factory = lambda groups: torch.optim.AdamW(groups, lr=1e-3)
     return module

@@ -7,8 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import bench_overhead  # noqa: E402
-from common import write_results  # noqa: E402
+import bench_overhead
+from common import write_results
 
 BENCHES = {"overhead": bench_overhead.run}
 

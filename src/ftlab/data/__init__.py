@@ -18,7 +18,6 @@ from ftlab.data.text_csv import TextCSVDataModule
 from ftlab.specs import ImageSpec, TextSpec
 
 __all__ = [
-    "build_data",
     "BBCNewsDataModule",
     "ClassificationDataModule",
     "DigitsDataModule",
@@ -29,6 +28,7 @@ __all__ = [
     "Splits",
     "TextCSVDataModule",
     "TextDataModule",
+    "build_data",
 ]
 
 

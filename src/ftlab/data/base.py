@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ftlab.data.splits import Fractions, stratified_split, subsample
 from ftlab.errors import FtlabError
-from ftlab.specs import ImageSpec, TextSpec
 
 log = logging.getLogger(__name__)
 
