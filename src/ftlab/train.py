@@ -131,6 +131,7 @@ def train(cfg: DictConfig) -> float | None:
     trainer.fit(module, datamodule=cache.datamodule, ckpt_path=cfg.get("ckpt_path"))
     # Read the phase record before validate/test reload the best checkpoint.
     history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
+    trainable = plan.trainable_numel(last_phase or 0)
     best = _best_checkpoint(trainer)
     val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
     test = trainer.test(module, datamodule=data, ckpt_path=best, verbose=False) if cfg.test else []
@@ -146,9 +147,9 @@ def train(cfg: DictConfig) -> float | None:
         "test": strip_prefix(test[0] if test else {}, "test"),
         "best_checkpoint": best,
         "wall_time_s": round(time.perf_counter() - started, 3),
-        "trainable_params": plan.trainable_numel(last_phase or 0),
+        "trainable_params": trainable,
         "total_params": total,
-        "trainable_share": round(plan.trainable_numel(last_phase or 0) / total, 6),
+        "trainable_share": round(trainable / total, 6),
         "lora": lora,
         "feature_cache": cache.report(),
         "model": {"name": cfg.model.name, "weights_id": getattr(module.backbone, "weights_id", "")},
