@@ -1,22 +1,49 @@
-"""`make bench`: run every benchmark, print JSON lines, write benchmarks/results/<bench>.json."""
+"""`make bench`: run the benchmarks, print JSON lines, write benchmarks/results/<bench>.json.
+
+    python benchmarks/run.py                        # all of them (about 15 min on 2 CPU cores)
+    python benchmarks/run.py --only frozen,memory   # some of them
+    python benchmarks/run.py --quick                # fewer repeats and steps: a smoke run
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_frozen
+import bench_memory
 import bench_overhead
-from common import write_results
+import bench_startup
+from common import quiet, write_results
 
-BENCHES = {"overhead": bench_overhead.run}
+BENCHES = {
+    "overhead": bench_overhead.run,
+    "frozen": bench_frozen.run,
+    "memory": bench_memory.run,
+    "startup": bench_startup.run,
+}
 
 
-def main() -> None:
-    for name, run in BENCHES.items():
-        path = write_results(name, run())
-        print(f"# wrote {path}")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help=f"comma-separated: {','.join(BENCHES)}")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHES)
+    unknown = sorted(set(names) - set(BENCHES))
+    if unknown:
+        parser.error(f"unknown bench {', '.join(unknown)}: choose from {', '.join(BENCHES)}")
+    quiet()
+    for name in names:
+        start = time.perf_counter()
+        records = BENCHES[name](quick=args.quick)
+        seconds = time.perf_counter() - start
+        path = write_results(name, records, quick=args.quick, seconds=round(seconds, 1))
+        print(f"# {name}: {seconds:.0f} s, wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

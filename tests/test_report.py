@@ -196,3 +196,40 @@ def test_wandb_context_groups_jobs_by_sweep() -> None:
     hydra.mode = RunMode.RUN
     assert wandb_context(hydra) == {}
     assert wandb_context() == {}  # outside Hydra
+
+
+def test_wise_ft_rows_and_column_choice(tmp_path: Path) -> None:
+    """--wise-ft adds one row per setting with WiSE-FT, read at its best α under the run's names;
+    --columns narrows report.md to the chosen metrics (globs allowed)."""
+    for seed, (acc, wise) in enumerate([(0.80, 0.84), (0.82, 0.88)]):
+        job = make_job(
+            tmp_path, seed, ["strategy=full", f"seed={seed}"], val={"acc": 0.9}, test={"acc": acc}
+        )
+        metrics = json.loads((job / "metrics.json").read_text())
+        metrics["trainable_params"] = 1000
+        metrics["wise_ft"] = {
+            "best_alpha": 0.5,
+            "rows": [{"alpha": 0.5, "val_acc": 0.95}],
+            "best": {"alpha": 0.5, "val": {"acc": 0.95}, "test": {"acc": wise}, "ood": {}},
+        }
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    make_job(tmp_path, 2, ["strategy=linear_probe", "seed=0"], val={"acc": 0.7}, test={"acc": 0.7})
+
+    jobs = load_sweep(tmp_path, wise_ft=True)
+    assert list(jobs["job"]) == ["0", "1", "2", "0+wise_ft", "1+wise_ft"]
+    summary = summarize(jobs)
+    assert summary.attrs["settings"] == ["strategy", "wise_ft"]
+    row = summary[summary["wise_ft"] == "best α"].iloc[0]
+    assert row["strategy"] == "full" and row["jobs"] == 2
+    assert row["test/acc_mean"] == pytest.approx(0.86) and row["trainable_params_mean"] == 1000
+    plain = summary[(summary["strategy"] == "full") & (summary["wise_ft"] == "")].iloc[0]
+    assert plain["test/acc_mean"] == pytest.approx(0.81)
+
+    write_report(tmp_path, columns=["test/acc", "ood/*/acc"], wise_ft=True)
+    md = (tmp_path / "report.md").read_text()
+    assert "3 jobs: 3 completed" in md  # derived rows are not jobs
+    assert (
+        "| strategy | wise_ft | jobs | failed | missing | val/acc | test/acc | ood/blur/acc |" in md
+    )
+    assert "| full | best α | 2 | 0 | 0 | 0.95 ± 0 | 0.86 ± 0.028 | — |" in md
+    assert "wall_time_s" not in md

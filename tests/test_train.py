@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -245,45 +244,7 @@ def test_ddp_divergence_is_detected_when_parameters_are_frozen_before_wrapping(t
     assert not (tmp_path / "metrics.json").exists()
 
 
-# One row per bad input: (overrides, the message's regex). Adding an entry is one line.
-CLI_ERRORS = {
-    "missing data root": (
-        ["data=image_folder", "data.root=/nonexistent/images"],
-        r"data\.root=/nonexistent/images",
-    ),
-    "unknown model name": (["model.name=resnet5O"], r"model\.name='resnet5O'.*resnet50"),
-    "bad freeze key": (["+freeze.k=3"], r"freeze\.k is not a key of freeze=gradual"),
-    "unreachable pretrained weights": (
-        ["model=resnet", "model.name=resnet18", "model.pretrained=true"],
-        r"model\.pretrained=false",
-    ),
-    "negative lr": (["optimizer.lr=-1"], r"optimizer\.lr=-1"),
-}
-
-
-@pytest.mark.parametrize("overrides,message", list(CLI_ERRORS.values()), ids=list(CLI_ERRORS))
-def test_bad_input_gives_one_line_and_no_metrics(tmp_path, overrides, message):
-    done = run_cli("train.py", *FAST_CLI, *overrides, run_dir=tmp_path)
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
-    assert re.search(message, lines[0]), lines[0]
-    assert "Traceback" not in done.stdout + done.stderr
-    assert not (tmp_path / "metrics.json").exists()
-
-
-def test_unknown_config_option_is_hydras_clear_error(tmp_path):
-    done = run_cli("train.py", "freeze=warp", run_dir=tmp_path)
-    assert done.returncode != 0
-    assert "Could not find 'freeze/warp'" in done.stderr and "gradual" in done.stderr
-    assert not (tmp_path / "metrics.json").exists()
-
-
-def test_full_traceback_on_request(tmp_path):
-    done = run_cli(
-        "train.py", *FAST_CLI, "optimizer.lr=-1", run_dir=tmp_path, env={"HYDRA_FULL_ERROR": "1"}
-    )
-    assert done.returncode != 0 and "Traceback" in done.stderr
+# The bad-input catalogue and its CLI checks: tests/test_errors.py.
 
 
 def test_compose_only_does_not_import_torch():

@@ -9,6 +9,7 @@ input ends in one line on stderr that names the key or path, exit status 2, and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -21,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from ftlab.errors import FtlabError
+from ftlab.errors import FtlabError, RunInterrupted
 
 USER_ERROR_EXIT = 2
 
@@ -37,12 +38,24 @@ def user_error(exc: BaseException) -> str | None:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, FtlabError):
-            return str(seen)
+            return one_line(str(seen))
         if type(seen).__name__ == "MisconfigurationException":
             # Lightning's message for bad Trainer kwargs (devices, precision, strategy).
             return "trainer: " + " ".join(str(seen).split())
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def one_line(message: str) -> str:
+    """A message as one line; for an error re-raised from a DataLoader worker, the original.
+
+    torch re-raises a worker's exception as the same type whose message is "Caught FtlabError
+    in DataLoader worker process 0. Original Traceback ..." with the error as its last line.
+    """
+    if "Original Traceback" in message:
+        last = message.strip().splitlines()[-1]
+        message = last.split(f"{FtlabError.__name__}: ", 1)[-1]
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _record_failure(exc: BaseException, message: str | None) -> bool:
@@ -72,6 +85,11 @@ def _run(task: str, cfg: DictConfig) -> Any:
     func: Callable[[DictConfig], Any] = getattr(import_module(module_name), func_name)
     try:
         return func(cfg)
+    except RunInterrupted as exc:
+        # Not a failure of this job: the state is saved. A sweep stops too (SystemExit passes
+        # Hydra's launcher), since the signal was meant for the whole process.
+        print(f"interrupted: {one_line(str(exc))}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except Exception as exc:
         message = user_error(exc)
         multirun = _record_failure(exc, message)
@@ -88,6 +106,9 @@ def _main(config_name: str, task: str) -> None:
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)
     def main(cfg: DictConfig) -> Any:
+        # Warnings go to the run's log (train.log and the console) instead of stderr: the log
+        # keeps them with the run, and a failed run's stderr is its one error line.
+        logging.captureWarnings(True)
         return _run(task, cfg)
 
     main()

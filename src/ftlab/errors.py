@@ -8,3 +8,16 @@ Anything a researcher can fix by changing a config value or a path raises
 
 class FtlabError(Exception):
     """A bad input: the message names the key or path and how to fix it."""
+
+
+class RunInterrupted(Exception):
+    """The run stopped on a signal (SIGTERM: a preemption) with its state saved to resume from.
+
+    Not an error: the CLI prints ``interrupted: <message>`` (the message ends with the exact
+    command that resumes the run) and exits with ``exit_code``, 128 + the signal number as a
+    shell reports a process ended by that signal (143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

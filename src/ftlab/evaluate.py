@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from safetensors.torch import save_file
 
 from ftlab.adapters import inject_lora, merge_lora
 from ftlab.adapters.lora import cpu_state
+from ftlab.checkpoints import check_state, load_checkpoint
 from ftlab.data import build_data
+from ftlab.devices import check_devices
 from ftlab.errors import FtlabError
 from ftlab.loggers import build_loggers, finish
 from ftlab.module import FinetuneModule, make_head
@@ -25,27 +26,11 @@ from ftlab.progress import progress_callbacks, quiet_lightning
 log = logging.getLogger("ftlab")
 
 
-def load_checkpoint(path: str | None) -> dict[str, Any]:
-    """Read a Lightning checkpoint without unpickling code (``weights_only=True``)."""
-    if not path:
-        raise FtlabError(
-            "ckpt_path is not set: python eval.py ckpt_path=<run>/checkpoints/last.ckpt"
-        )
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FtlabError(f"ckpt_path={path}: no such file")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FtlabError(f"ckpt_path={path} is not a loadable checkpoint: {first}") from None
-    if not isinstance(ckpt, dict) or "ftlab" not in ckpt or "state_dict" not in ckpt:
-        raise FtlabError(f"ckpt_path={path} was not written by ftlab's train.py")
-    return ckpt
+def restore_module(ckpt: dict[str, Any], path: str = "?") -> tuple[FinetuneModule, Any]:
+    """The trained module (backbone built from the run's own model config) and its backbone.
 
-
-def restore_module(ckpt: dict[str, Any]) -> tuple[FinetuneModule, Any]:
-    """The trained module (backbone built from the run's own model config) and its backbone."""
+    ``path`` (the ``ckpt_path`` value) only names the file in errors.
+    """
     meta = ckpt["ftlab"]
     backbone = instantiate(meta["model"])
     if meta.get("lora"):  # the same adapters as in training, so that the state dict fits
@@ -53,6 +38,7 @@ def restore_module(ckpt: dict[str, Any]) -> tuple[FinetuneModule, Any]:
     classes = meta["classes"]
     head = make_head(backbone.num_features, len(classes), meta.get("head_dropout", 0.0))
     module = FinetuneModule(backbone, head, len(classes), meta=meta)
+    check_state(ckpt, module, path)  # e.g. saved by another timm version that renamed layers
     module.load_state_dict(ckpt["state_dict"])
     return module, backbone
 
@@ -69,7 +55,7 @@ def export(cfg: DictConfig) -> Path:
     """
     if cfg.export not in EXPORTS:
         raise FtlabError(f"export={cfg.export} is unknown: use export=merged")
-    module, backbone = restore_module(load_checkpoint(cfg.get("ckpt_path")))
+    module, backbone = restore_module(load_checkpoint(cfg.get("ckpt_path")), cfg.get("ckpt_path"))
     model = merge_lora(backbone.model)
     out = Path(cfg.paths.output_dir) / "merged"
     out.mkdir(parents=True, exist_ok=True)
@@ -87,8 +73,9 @@ def evaluate(cfg: DictConfig) -> float | None:
         return None
     started = time.perf_counter()
     quiet_lightning()
+    check_devices(cfg.trainer)
     ckpt = load_checkpoint(cfg.get("ckpt_path"))
-    module, backbone = restore_module(ckpt)
+    module, backbone = restore_module(ckpt, cfg.ckpt_path)
     data = build_data(cfg.data, backbone.input_spec)
     data.prepare_data()
     data.setup("test")
@@ -111,6 +98,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         "status": "completed",
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "data": cfg.data._target_,
+        "data_summary": data.summary(),  # e.g. skipped_corrupt under data.skip_corrupt=true
         "val": strip_prefix(val[0], "val"),
         "test": strip_prefix(test[0], "test"),
         "wall_time_s": round(time.perf_counter() - started, 3),

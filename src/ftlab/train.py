@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,9 +14,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ftlab.adapters import add_lora, save_run_adapter
+from ftlab.checkpoints import check_resume
 from ftlab.data import build_data
+from ftlab.devices import check_devices
 from ftlab.errors import FtlabError
 from ftlab.evaluation import RunEvaluation
+from ftlab.faults import FaultGuard, recorded
 from ftlab.finetuning import build_plan
 from ftlab.finetuning.callback import PhaseCallback
 from ftlab.finetuning.features import FeatureCache
@@ -27,6 +29,7 @@ from ftlab.loggers import build_loggers, finish
 from ftlab.module import FinetuneModule, make_head
 from ftlab.outputs import strip_prefix, write_json
 from ftlab.progress import progress_callbacks, quiet_lightning
+from ftlab.rundir import RunDir, claim_run_dir
 
 log = logging.getLogger("ftlab")
 
@@ -89,10 +92,17 @@ def build_callbacks(cfg: Mapping[str, Any] | None) -> list[L.Callback]:
 
 
 def train(cfg: DictConfig) -> float | None:
+    """One run in ``cfg.paths.output_dir``, locked for its lifetime (ftlab.rundir)."""
+    with claim_run_dir(cfg) as run:
+        return _train(cfg, run)
+
+
+def _train(cfg: DictConfig, run: RunDir) -> float | None:
     started = time.perf_counter()
-    run_dir = Path(cfg.paths.output_dir)
+    run_dir = run.path
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    check_devices(cfg.trainer)  # before building anything: a wrong device count fails at once
 
     module, data = build_model(cfg)
     plan = module.plan
@@ -111,7 +121,8 @@ def train(cfg: DictConfig) -> float | None:
     phases = PhaseCallback(plan)
     cache = FeatureCache.from_config(cfg, plan, data)  # head-only epochs train on cached features
     show_bar, progress = progress_callbacks()
-    callbacks = [*build_callbacks(cfg.get("callbacks")), phases, *cache.callbacks, *progress]
+    guard = FaultGuard(run_dir, plan)  # SIGTERM saves last.ckpt; a nan/inf loss stops the run
+    callbacks = [*build_callbacks(cfg.get("callbacks")), phases, guard, *cache.callbacks, *progress]
     loggers = build_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -128,17 +139,24 @@ def train(cfg: DictConfig) -> float | None:
         100 * plan.trainable_numel(0) / total,
     )
 
-    trainer.fit(module, datamodule=cache.datamodule, ckpt_path=cfg.get("ckpt_path"))
-    # Read the phase record before validate/test reload the best checkpoint.
-    history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
+    check_resume(run.ckpt_path, module)  # one line naming the checkpoint's model
+    if run.ckpt_path:
+        log.info("resuming from %s", run.ckpt_path)
+    identity = {"model": {"name": cfg.model.name}, "seed": cfg.seed}
+    with recorded(trainer, run_dir, identity):  # metrics.json says interrupted or failed
+        trainer.fit(module, datamodule=cache.datamodule, ckpt_path=run.ckpt_path)
+        # Read the phase record before validate/test reload the best checkpoint.
+        history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
+        best = _best_checkpoint(trainer)
+        val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
+        test = (
+            trainer.test(module, datamodule=data, ckpt_path=best, verbose=False) if cfg.test else []
+        )
+        lora = None
+        if module.meta["lora"] and trainer.is_global_zero:  # the best weights' adapter, peft format
+            lora = save_run_adapter(module, plan.trainable(last_phase or 0), run_dir / "adapter")
+        extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
     trainable = plan.trainable_numel(last_phase or 0)
-    best = _best_checkpoint(trainer)
-    val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
-    test = trainer.test(module, datamodule=data, ckpt_path=best, verbose=False) if cfg.test else []
-    lora = None
-    if module.meta["lora"] and trainer.is_global_zero:  # the best weights' adapter, peft format
-        lora = save_run_adapter(module, plan.trainable(last_phase or 0), run_dir / "adapter")
-    extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
     finish(loggers)
 
     metrics = {
@@ -153,7 +171,7 @@ def train(cfg: DictConfig) -> float | None:
         "lora": lora,
         "feature_cache": cache.report(),
         "model": {"name": cfg.model.name, "weights_id": getattr(module.backbone, "weights_id", "")},
-        "data": {"target": cfg.data._target_, "num_classes": data.num_classes},
+        "data": {"target": cfg.data._target_, "num_classes": data.num_classes, **data.summary()},
         "seed": cfg.seed,
         "phases": history,
         "rank_checksums": checksums,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 from transformers.image_utils import PILImageResampling
+from transformers.utils import logging as hf_logging
 
 from ftlab.backbones.base import MODEL_PREFIX, Backbone, random_weights_id
 from ftlab.backbones.groups import LayerGroup, hf_layer_groups
@@ -123,10 +125,24 @@ def build_hf_backbone(
         if unused:
             raise FtlabError(f"model options {sorted(unused)} are not {config.model_type} settings")
         if pretrained:
-            model = AutoModel.from_pretrained(location, config=config)
+            with _no_progress_bar():
+                model = AutoModel.from_pretrained(location, config=config)
         else:
             model = AutoModel.from_config(config)
         loader = AutoImageProcessor if model.main_input_name == "pixel_values" else AutoTokenizer
         preprocessor = loader.from_pretrained(location)
     weights_id = f"{name}@{label}" if pretrained else random_weights_id(name)
     return HFBackbone(model, preprocessor, name, weights_id, label if spec else name)
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" tqdm bar on stderr for every load: noise in the
+    run's log, and a failed run's stderr must be its one error line."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

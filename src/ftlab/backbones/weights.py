@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib.util
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -145,7 +145,10 @@ def _read(path: Path, spec: str) -> object:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Garbage bytes can look like an unusual pickle protocol; torch warns, then fails.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         blocked = re.search(r"GLOBAL (\S+)", str(error))
         if blocked:
@@ -154,11 +157,19 @@ def _read(path: Path, spec: str) -> object:
                 "ftlab only loads plain tensors: re-save it with "
                 "torch.save(model.state_dict(), path) or as .safetensors"
             ) from error
-        raise FtlabError(f"model.weights={spec!r} is corrupt or not a weights file") from error
-    except (RuntimeError, OSError, EOFError, SafetensorError) as error:
-        raise FtlabError(
-            f"model.weights={spec!r} is corrupt or not a weights file ({type(error).__name__})"
-        ) from error
+        raise _corrupt(path, spec, error) from error
+    except Exception as error:  # garbage bytes fail anywhere in the unpickler (IndexError, ...)
+        raise _corrupt(path, spec, error) from error
+
+
+def _corrupt(path: Path, spec: str, error: Exception) -> FtlabError:
+    # Name the file itself when model.weights is a directory holding it.
+    where = "" if Path(spec).expanduser().resolve() == path.resolve() else f" ({path})"
+    return FtlabError(
+        f"model.weights={spec!r}{where} is corrupt or not a weights file "
+        f"({type(error).__name__}): download or save it again, or point model.weights at "
+        "another file"
+    )
 
 
 def read_state_dict(path: Path, spec: str) -> dict[str, Tensor]:

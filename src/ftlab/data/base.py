@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ftlab.data.resumable import ResumableLoader
 from ftlab.data.splits import Fractions, stratified_split, subsample
 from ftlab.errors import FtlabError
 
@@ -125,6 +127,10 @@ class ClassificationDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def summary(self) -> dict[str, Any]:
+        """What the data option noticed while loading, for ``metrics.json`` ``data``."""
+        return {}
+
     def fingerprint(self) -> str:
         """A short stable hash of the data identity and the transform (a cache key)."""
         blob = json.dumps(self._identity(), sort_keys=True, default=str)
@@ -166,7 +172,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = self.num_workers
-        return DataLoader(
+        return ResumableLoader(  # resumes mid-epoch exactly (ftlab.data.resumable)
             dataset,
             batch_size=self.batch_size,
             sampler=EpochShuffle(len(dataset), torch.initial_seed()) if shuffle else None,
@@ -178,25 +184,23 @@ class ClassificationDataModule(L.LightningDataModule):
         )
 
 
-class EpochShuffle(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
+class EpochShuffle(DistributedSampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order, and
+    that shards itself across DDP ranks: rank r of W takes every W-th index of the one
+    permutation, so the W shards of a step make up the one-process batch of W x batch_size.
 
-    torch's RandomSampler draws from the global RNG, whose state a checkpoint does not hold;
-    Lightning calls ``set_epoch`` on samplers that have it.
+    torch's RandomSampler draws from the global RNG, whose state a checkpoint does not hold.
+    This is torch's DistributedSampler with shuffling on (one process: world 1, rank 0), which
+    Lightning leaves in place under DDP. Lightning would wrap any other sampler in its
+    DistributedSamplerWrapper, which shuffles the wrapped order once more with its own seed
+    (lightning 2.6 passes shuffle=True for every training loader in ``_process_dataloader``),
+    so DDP ranks would see other batches than one process does. Lightning calls ``set_epoch``.
     """
 
     def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        super().__init__(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed)
 
 
 class FractionSplitMixin:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _LAYOUT = "a folder of <class>/<image> files"
+MAX_LISTED = 20  # skipped files named in metrics.json; the count covers all of them
 
 
 def _folder(root: str | os.PathLike | None, key: str) -> Path:
@@ -68,8 +70,9 @@ def scan_class_folders(root: Path, key: str) -> dict[str, list[str]]:
 class FileImageDataset(Dataset):
     """Image files read lazily with PIL (converted to RGB) and transformed per item.
 
-    With ``skip_corrupt`` an unreadable file is replaced by the next readable one and logged;
-    otherwise it raises :class:`FtlabError` naming the file.
+    A file that PIL cannot read raises :class:`FtlabError` naming it; with ``skip_corrupt`` it
+    is replaced by the next readable one, logged once and marked in :attr:`corrupt`, a flag per
+    file in shared memory, so that loader workers' findings reach the main process's count.
     """
 
     def __init__(
@@ -83,32 +86,47 @@ class FileImageDataset(Dataset):
         self.labels = labels.astype(np.int64)
         self.transform = transform
         self.skip_corrupt = skip_corrupt
-        self.skipped = 0  # per process: each loader worker counts its own
+        # Shared memory survives fork and is passed by handle under spawn, so every worker
+        # writes into the same flags.
+        self.corrupt = torch.zeros(len(files), dtype=torch.bool).share_memory_()
+
+    @property
+    def skipped(self) -> int:
+        """How many distinct files were found unreadable and skipped so far."""
+        return int(self.corrupt.sum())
+
+    def skipped_files(self) -> list[str]:
+        return [self.files[i] for i in torch.nonzero(self.corrupt).flatten().tolist()]
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for i in itertools.chain(range(index, len(self.files)), range(index)):
+            if self.corrupt[i]:  # known bad: don't pay for opening it again
+                continue
             image = self._read(i)
             if image is not None:
                 return self.transform(image), int(self.labels[i])
-        raise FtlabError("data.skip_corrupt=true skipped every image: none could be read")
+        raise FtlabError(
+            "data.skip_corrupt=true skipped every image: none could be read; check data.root"
+        )
 
     def _read(self, i: int) -> Image.Image | None:
         path = self.files[i]
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            # SyntaxError: PIL's parsers raise it for some malformed headers (e.g. PNG chunks).
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             if not self.skip_corrupt:
-                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise FtlabError(
                     f"cannot read image {path} ({reason}): fix or remove it, or set "
                     "data.skip_corrupt=true to skip unreadable images"
                 ) from err
-        self.skipped += 1
-        log.warning("skipped unreadable image %s (%d so far in this process)", path, self.skipped)
+            self.corrupt[i] = True
+            log.warning("data.skip_corrupt=true: skipped unreadable image %s (%s)", path, reason)
         return None
 
 
@@ -161,8 +179,34 @@ class ImageFolderDataModule(ImageDataModule):
             "skip_corrupt": self.skip_corrupt,
         }
 
+    def summary(self) -> dict[str, Any]:
+        """``skipped_corrupt``: unreadable files skipped so far (``data.skip_corrupt=true``), in
+        this process's loaders: under DDP, rank 0's share only."""
+        splits = self._splits
+        datasets = [] if splits is None else [splits.train, splits.val, splits.test]
+        files = [d.skipped_files() for d in datasets if isinstance(d, FileImageDataset)]
+        skipped = [f for found in files for f in found]
+        if skipped:
+            log.warning(
+                "data.skip_corrupt=true: skipped %d unreadable image(s), e.g. %s",
+                len(skipped),
+                skipped[0],
+            )
+        found = {"skipped_corrupt": len(skipped), "skipped_files": skipped[:MAX_LISTED]}
+        return {**getattr(self, "_index", {}), **found}
+
     def _build(self) -> Splits:
+        started = time.perf_counter()
         index = scan_class_folders(self.root, "root")
+        self._index = {"indexed_files": sum(map(len, index.values()))}
+        self._index["index_time_s"] = round(time.perf_counter() - started, 3)
+        log.info(
+            "data.root=%s: indexed %d images in %d classes in %.2f s (no image opened)",
+            self.root,
+            self._index["indexed_files"],
+            len(index),
+            self._index["index_time_s"],
+        )
         classes = list(index)
         if len(classes) < 2:
             raise FtlabError(

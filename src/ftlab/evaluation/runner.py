@@ -17,6 +17,7 @@ from ftlab.evaluation.ood import build_ood_sets
 from ftlab.evaluation.plots import plot_drift, plot_wise_ft
 from ftlab.evaluation.wise_ft import (
     best_alpha,
+    best_row,
     check_alphas,
     interpolate,
     loaded,
@@ -119,6 +120,7 @@ class RunEvaluation:
             "alphas": self.alphas,
             "rows": rows,
             "best_alpha": best,
+            "best": best_row(rows, best),  # the α picked by val, laid out like the run's metrics
             "head": "fine-tuned",
         }
         if starts_with_linear_probe(self.module.plan):

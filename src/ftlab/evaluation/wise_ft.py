@@ -104,6 +104,17 @@ def best_alpha(rows: list[dict[str, Any]]) -> float:
     return max(rows, key=lambda r: r["val_acc"])["alpha"]
 
 
+def best_row(rows: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """The row of ``alpha`` shaped like metrics.json's own sections (``val``, ``test``, ``ood``),
+    so that sweep reports read WiSE-FT's accuracies under the same names as the run's."""
+    row = next(r for r in rows if r["alpha"] == alpha)
+    out: dict[str, Any] = {"alpha": alpha, "val": {"acc": row["val_acc"]}}
+    if row["test_acc"] is not None:
+        out["test"] = {"acc": row["test_acc"]}
+    out["ood"] = {name: {"acc": acc} for name, acc in row["ood"].items()}
+    return out
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     """``alpha, val_acc, test_acc, ood_<name>_acc...``, one line per α."""
     flat = [

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FtlabError
 from ftlab.finetuning.plan import HEAD, Plan
 
@@ -204,7 +205,7 @@ class FeatureCache(L.LightningDataModule):
             if cached:
                 features, labels = self._features(split, loader)
                 # The data's own sampler and batch size: the head sees the same batches.
-                loader = DataLoader(
+                loader = ResumableLoader(
                     FeatureDataset(features, labels),
                     batch_size=loader.batch_size,
                     sampler=loader.sampler,

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,10 @@ from ftlab.errors import FtlabError
 from ftlab.sweeps.context import parse_override, sweep_id
 
 SEED_KEY = "seed"  # the override that replicates a setting; every other override defines one
-STAGES = ("train", "val", "test", "ood")  # metrics.json sections whose numbers are metrics
+STAGES = ("train", "val", "test", "ood", "wise_ft")  # sections whose numbers are metrics
+WISE_FT_KEY = "wise_ft"  # the setting column of --wise-ft rows
+WISE_FT_PREFIX = "wise_ft/best/"  # a job's metrics at its best-by-val WiSE-FT α
+KEPT_BY_WISE_FT = ("wall_time_s", "trainable_params", "total_params")  # the run's own cost
 NOT_METRICS = {"seed", "world_size"}  # top-level numbers that describe a job, not its result
 JOB_MARKERS = (".hydra", "metrics.json", "status.json")
 DEFAULT_METRIC, DEFAULT_MODE = "val/acc", "max"
@@ -89,8 +93,12 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     return job
 
 
-def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
+def load_sweep(sweep_dir: str | Path, wise_ft: bool = False) -> pd.DataFrame:
     """One row per job: ``job``, ``status``, ``error``, one column per override, one per metric.
+
+    ``wise_ft=True`` adds a row for every job that ran WiSE-FT: its metrics at the best α by val
+    accuracy under the run's own names (``test/acc``, ``ood/<set>/acc``), told apart by the
+    setting column ``wise_ft`` ("best α" there, "" elsewhere) and ``derived=True``.
 
     Metrics are named like ``val/acc``; a job lacking a metric others have gets NaN. Override
     columns hold the values as typed (strings; None where a job lacks the override).
@@ -100,6 +108,10 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     """
     path = Path(sweep_dir)
     jobs = [read_job(d) for d in _job_dirs_or_error(path)]
+    if wise_ft:
+        jobs += [derived for job in jobs if (derived := _wise_ft_job(job))]
+        for job in jobs:
+            job["overrides"].setdefault(WISE_FT_KEY, "")
     keys = list(dict.fromkeys(k for job in jobs for k in job["overrides"]))
     names = list(dict.fromkeys(m for job in jobs for m in job["metrics"]))
     frame = pd.DataFrame(
@@ -108,12 +120,13 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
                 "job": job["job"],
                 "status": job["status"],
                 "error": job["error"],
+                "derived": job.get("derived", False),
                 **{k: job["overrides"].get(k) for k in keys},
                 **job["metrics"],
             }
             for job in jobs
         ],
-        columns=["job", "status", "error", *keys, *names],
+        columns=["job", "status", "error", "derived", *keys, *names],
     )
     frame.attrs.update(sweep_dir=str(path), overrides=keys, metrics=names, **_sweep_target(path))
     return frame
@@ -172,9 +185,16 @@ def best_setting(summary: pd.DataFrame) -> pd.Series | None:
     return summary.loc[means.idxmax() if summary.attrs["mode"] == "max" else means.idxmin()]
 
 
-def to_markdown(summary: pd.DataFrame, jobs: pd.DataFrame) -> str:
-    """report.md: counts, the settings table (mean ± std), the best setting, failures."""
+def to_markdown(
+    summary: pd.DataFrame, jobs: pd.DataFrame, columns: Sequence[str] | None = None
+) -> str:
+    """report.md: counts, the settings table (mean ± std), the best setting, failures.
+
+    ``columns``: the metrics to show (names or globs like ``ood/*/acc``; the main metric always
+    comes first); default all of them.
+    """
     metric, settings = summary.attrs["metric"], summary.attrs["settings"]
+    jobs = jobs[~jobs["derived"]]
     counts = jobs["status"].value_counts()
     lines = [
         f"# Sweep report: {summary.attrs['sweep_dir']}",
@@ -187,6 +207,8 @@ def to_markdown(summary: pd.DataFrame, jobs: pd.DataFrame) -> str:
         fixed = " ".join(f"{k}={v}" for k, v in summary.attrs["fixed"].items())
         lines += ["", f"Every job: `{fixed}`"]
     names = [n[: -len("_mean")] for n in summary.columns if n.endswith("_mean")]
+    if columns:
+        names = [metric, *(n for n in names if n != metric and _wanted(n, columns))]
     header = [*settings, "jobs", "failed", "missing", *names]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.to_dict("records"):  # records keep ints as ints
@@ -259,14 +281,25 @@ def plot_sweep(summary: pd.DataFrame, metric: str | None = None, ax: Any = None)
 
 
 def write_report(
-    sweep_dir: str | Path, metric: str | None = None, mode: str | None = None
+    sweep_dir: str | Path,
+    metric: str | None = None,
+    mode: str | None = None,
+    columns: Sequence[str] | None = None,
+    wise_ft: bool = False,
+    out: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Write report.csv, report.md and report.png into the sweep directory; returns the summary."""
-    jobs = load_sweep(sweep_dir)
+    """Write report.csv, report.md and report.png into ``out`` (default: the sweep directory);
+    returns the summary.
+
+    ``columns`` picks report.md's metrics (report.csv keeps all); ``wise_ft`` adds the WiSE-FT
+    rows of :func:`load_sweep`.
+    """
+    jobs = load_sweep(sweep_dir, wise_ft=wise_ft)
     summary = summarize(jobs, metric, mode)
-    path = Path(sweep_dir)
+    path = Path(out or sweep_dir)
+    path.mkdir(parents=True, exist_ok=True)
     summary.to_csv(path / "report.csv", index=False)
-    (path / "report.md").write_text(to_markdown(summary, jobs))
+    (path / "report.md").write_text(to_markdown(summary, jobs, columns))
     plot_sweep(summary).figure.savefig(path / "report.png", dpi=120)
     return summary
 
@@ -277,16 +310,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweep_dir", help="a multirun directory: outputs/multirun/<date>/<time>")
     parser.add_argument("--metric", help="main metric, e.g. val/acc (default: optimized_metric)")
     parser.add_argument("--mode", choices=("max", "min"), help="default: optimized_mode")
+    parser.add_argument(
+        "--columns",
+        help="comma-separated metrics for report.md, globs allowed: 'test/acc,ood/*/acc'",
+    )
+    parser.add_argument(
+        "--wise-ft",
+        action="store_true",
+        help="add a row per setting that ran WiSE-FT: its metrics at the best α by val",
+    )
+    parser.add_argument(
+        "--out", help="folder for the report files (default: the sweep directory), e.g. to commit"
+    )
     args = parser.parse_args(argv)
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
-        write_report(args.sweep_dir, args.metric, args.mode)
+        write_report(args.sweep_dir, args.metric, args.mode, columns, args.wise_ft, args.out)
     except FtlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = Path(args.sweep_dir)
+    path = Path(args.out or args.sweep_dir)
     print((path / "report.md").read_text(), end="")
     print("wrote " + ", ".join(str(path / name) for name in REPORT_FILES))
     return 0
+
+
+def _wise_ft_job(job: dict[str, Any]) -> dict[str, Any] | None:
+    """A completed job's WiSE-FT row (its metrics at the best α), or None without WiSE-FT."""
+    best = {
+        name[len(WISE_FT_PREFIX) :]: value
+        for name, value in job["metrics"].items()
+        if name.startswith(WISE_FT_PREFIX)
+    }
+    if job["status"] != "completed" or not best:
+        return None
+    kept = {k: job["metrics"][k] for k in KEPT_BY_WISE_FT if k in job["metrics"]}
+    return {
+        **job,
+        "job": f"{job['job']}+{WISE_FT_KEY}",
+        "derived": True,
+        "overrides": {**job["overrides"], WISE_FT_KEY: "best α"},
+        "metrics": {**kept, **best},
+    }
+
+
+def _wanted(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _job_dirs_or_error(path: Path) -> list[Path]:

@@ -1,0 +1,117 @@
+"""Checkpoints given as ``ckpt_path``: read without running code, and checked against the run.
+
+Lightning's own resume fails late and deep (a FileNotFoundError from ``torch.load``, or a
+``load_state_dict`` size mismatch listing hundreds of keys); these checks fail before training
+with one line naming ``ckpt_path`` and the model the checkpoint belongs to.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftlab.errors import FtlabError
+
+
+def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
+    """Read a Lightning checkpoint written by ftlab without unpickling code."""
+    if not path:
+        raise FtlabError(f"{key} is not set: python eval.py {key}=<run>/checkpoints/last.ckpt")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FtlabError(
+            f"{key}={path}: no such file (give a .ckpt from a run's checkpoints/ folder, "
+            f"or drop {key})"
+        )
+    try:
+        ckpt = _load(file)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FtlabError(
+            f"{key}={path} is not a loadable checkpoint ({first}): give a .ckpt written by "
+            "ftlab's train.py"
+        ) from None
+    if not isinstance(ckpt, dict) or "ftlab" not in ckpt or "state_dict" not in ckpt:
+        raise FtlabError(
+            f"{key}={path} was not written by ftlab's train.py: give a .ckpt from a run's "
+            "checkpoints/ folder"
+        )
+    return ckpt
+
+
+def _load(file: Path) -> Any:
+    # mmap: a check of a multi-GB checkpoint reads only the pages it touches (the keys and
+    # shapes), not every tensor; the legacy (non-zip) format cannot be mapped.
+    with warnings.catch_warnings():
+        # Garbage bytes can look like an unusual pickle protocol; torch warns, then fails.
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def model_label(meta: dict[str, Any]) -> str:
+    """The model a checkpoint's ftlab metadata names, for messages."""
+    model = meta.get("model") or {}
+    return str(model.get("name", "an unknown model")) if isinstance(model, dict) else str(model)
+
+
+def check_resume(path: str | None, module: nn.Module, key: str = "ckpt_path") -> None:
+    """Refuse a checkpoint to resume from that is missing, unreadable or made for another model.
+
+    Compares the checkpoint's recorded model name, classes and LoRA adapters with ``module``'s
+    ``meta``, then its state-dict keys and shapes with ``module.state_dict()``.
+    """
+    if not path:
+        return
+    ckpt = load_checkpoint(path, key)
+    theirs, ours = ckpt["ftlab"], getattr(module, "meta", {})
+    name, wanted = model_label(theirs), model_label(ours)
+    if name != wanted:
+        raise FtlabError(
+            f"{key}={path} belongs to model {name}, not {wanted}: resume it with the model "
+            f"config it was trained with (model.name={name}), or give a {wanted} checkpoint"
+        )
+    if list(theirs.get("classes", [])) != list(ours.get("classes", [])):
+        raise FtlabError(
+            f"{key}={path} was trained on classes {_few(theirs.get('classes', []))}, this run's "
+            f"data has {_few(ours.get('classes', []))}: resume on the same data, or drop {key} "
+            "to start a new run"
+        )
+    if (theirs.get("lora") or None) != (ours.get("lora") or None):
+        raise FtlabError(
+            f"{key}={path} was trained with freeze.lora={theirs.get('lora')}, this run has "
+            f"{ours.get('lora')}: resume with the freeze settings it was trained with"
+        )
+    check_state(ckpt, module, path, key)
+
+
+def check_state(ckpt: dict[str, Any], module: nn.Module, path: str, key: str = "ckpt_path") -> None:
+    """Refuse a checkpoint whose state-dict keys or shapes differ from ``module``'s."""
+    state, expected = ckpt["state_dict"], module.state_dict()
+    name = model_label(ckpt["ftlab"])
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [
+        k
+        for k in state
+        if k in expected and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise FtlabError(
+            f"{key}={path} ({name}) does not fit this run's model: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected and {len(reshaped)} differently shaped keys "
+            f"(e.g. {example}); resume with the model settings it was trained with "
+            "(model.*, head_dropout)"
+        )
+
+
+def _few(items: list[Any], limit: int = 6) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return f"[{shown}{', ...' if len(items) > limit else ''}]"

@@ -1,0 +1,240 @@
+"""The run directory: one run at a time, never over another run, and what to resume from.
+
+- A run holds an exclusive ``fcntl.flock`` on ``<run_dir>/.lock`` for its lifetime (the kernel
+  releases it when the process dies, SIGKILL included). A second run in the same directory
+  refuses at once; for ``train.py`` the check runs as a Hydra callback (``RunDirGuard``, in
+  conf/train.yaml), before Hydra writes the second run's ``.hydra/`` and log there.
+- A directory that holds a run (``metrics.json``, ``checkpoints/*.ckpt``, Lightning's
+  ``hpc_ckpt_*.ckpt``) is refused to a new run: ``resume=true`` continues it.
+- ``resume=true`` continues from the newest of ``checkpoints/last.ckpt`` and
+  ``hpc_ckpt_*.ckpt``; ``ckpt_path=<file>`` from that file. A requeued SLURM job
+  (``SLURM_RESTART_COUNT`` > 0, or an HPC checkpoint in the directory of a SLURM batch job:
+  Lightning's own rule) resumes the same way without asking.
+
+Only global rank 0 locks and checks: Lightning's DDP launcher re-runs ``train.py`` for the other
+ranks with the same ``hydra.run.dir``. Nothing here imports torch, so a refusal costs nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from ftlab.errors import FtlabError
+
+LOCK_NAME = ".lock"
+LAST = Path("checkpoints") / "last.ckpt"  # also where a SIGTERM'd run saves (ftlab.faults)
+USER_ERROR_EXIT = 2  # ftlab.cli's; not imported from there, which would be circular
+
+# Locks this process holds, by resolved run directory: the Hydra callback takes the lock and
+# train() in the same process finds it here (a second flock of the same file would fail).
+_held: dict[Path, int] = {}
+
+
+@dataclass
+class RunDir:
+    """A claimed run directory and the checkpoint the run continues from (None: a new run)."""
+
+    path: Path
+    ckpt_path: str | None = None
+
+
+def is_global_zero() -> bool:
+    """Whether the launcher's environment makes this process global rank 0.
+
+    Lightning's DDP children get ``LOCAL_RANK``, torchrun ``RANK``, SLURM ``SLURM_PROCID``, the
+    other nodes of a multi-node run ``NODE_RANK``: rank 0 is where all of them are 0 or unset.
+    """
+    keys = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+    return all(os.environ.get(k, "0").strip() in ("", "0") for k in keys)
+
+
+def slurm_requeued(run_dir: Path) -> bool:
+    """Whether this is a requeued SLURM job, which continues its directory's run by itself."""
+    if os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0"):
+        return True
+    # Lightning resumes from hpc_ckpt_*.ckpt by itself in a SLURM batch job (its
+    # SLURMEnvironment.detect(); not imported, which would import torch).
+    batch = "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in (
+        "bash",
+        "interactive",
+    )
+    return batch and any(run_dir.glob("hpc_ckpt_*.ckpt"))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
+    found = [p for p in [run_dir / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def run_evidence(run_dir: Path) -> list[str]:
+    """What shows that the directory already holds a run (empty: it does not)."""
+    found = [run_dir / "metrics.json", *sorted((run_dir / "checkpoints").glob("*.ckpt"))]
+    found += sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+    return [str(p.relative_to(run_dir)) for p in found if p.is_file()]
+
+
+def resume_command(run_dir: Path, overrides: list[str] | None = None) -> str:
+    """The command that continues this run: the same overrides, resume=true, this directory."""
+    if overrides is None:
+        overrides = _task_overrides()
+    dropped = ("resume=", "ckpt_path=", "+resume=", "+ckpt_path=")
+    kept = [o for o in overrides if not o.startswith(dropped)]
+    program = sys.argv[0] if sys.argv and sys.argv[0] else "train.py"
+    head = ["python", program] if program.endswith(".py") else [Path(program).name]
+    words = [*head, *kept, "resume=true", f"hydra.run.dir={run_dir}"]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _task_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # no Hydra run (a direct train(cfg) call)
+        return []
+
+
+def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = True) -> RunDir:
+    """What the run continues from, or an error saying why it may not start here.
+
+    ``check=False`` skips the refusal of a directory that holds a run (DDP ranks other than 0,
+    and direct ``train(cfg)`` calls, whose caller owns the directory).
+    """
+    if resume and ckpt_path:
+        raise FtlabError(
+            f"resume=true and ckpt_path={ckpt_path} are both set: resume=true continues "
+            f"{run_dir / LAST}; drop one of them"
+        )
+    evidence = run_evidence(run_dir) if check else []
+    if ckpt_path:
+        inside = Path(ckpt_path).expanduser().resolve().is_relative_to(run_dir)
+        if evidence and not inside:
+            raise _taken(run_dir, evidence)
+        return RunDir(run_dir, str(ckpt_path))
+    if resume or slurm_requeued(run_dir):
+        latest = latest_checkpoint(run_dir)
+        if latest is not None:
+            return RunDir(run_dir, str(latest))
+        if resume and not (run_dir / "metrics.json").is_file():
+            raise FtlabError(
+                f"resume=true: hydra.run.dir={run_dir} holds no run to resume (no {LAST}): "
+                "pass the interrupted run's directory as hydra.run.dir, or drop resume=true"
+            )
+        return RunDir(run_dir)  # stopped before its first checkpoint: start it again
+    if evidence:
+        raise _taken(run_dir, evidence)
+    return RunDir(run_dir)
+
+
+def _taken(run_dir: Path, evidence: list[str]) -> FtlabError:
+    return FtlabError(
+        f"hydra.run.dir={run_dir} already holds a run ({', '.join(evidence[:3])}): continue it "
+        "with resume=true, or give this run another hydra.run.dir"
+    )
+
+
+def _lock(run_dir: Path) -> int:
+    """Take ``<run_dir>/.lock`` without waiting; the open descriptor holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's note stays
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = path.read_text().strip() or "another process"
+        os.close(fd)
+        raise FtlabError(
+            f"hydra.run.dir={run_dir} is in use by a live run ({holder}): give this run another "
+            "hydra.run.dir, or wait for that one to end and continue it with resume=true"
+        ) from None
+    return fd
+
+
+def claim(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = True) -> RunDir:
+    """Lock (global rank 0 only; once per process) and resolve ``run_dir``."""
+    run_dir = run_dir.resolve()
+    if not is_global_zero():
+        return resolve(run_dir, resume, ckpt_path, check=False)
+    if run_dir in _held:  # claimed by RunDirGuard in this process: checked already
+        return resolve(run_dir, resume, ckpt_path, check=False)
+    fd = _lock(run_dir)
+    try:
+        run = resolve(run_dir, resume, ckpt_path, check)
+    except BaseException:
+        os.close(fd)
+        raise
+    # Written only once every check passed, so a refused run leaves the note as it was.
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    _held[run_dir] = fd
+    return run
+
+
+def release(run_dir: Path) -> None:
+    """Give the lock back (a no-op if this process does not hold it)."""
+    fd = _held.pop(run_dir.resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+@contextmanager
+def claim_run_dir(cfg: DictConfig) -> Iterator[RunDir]:
+    """``train()``'s run directory for the run's lifetime: locked, resume resolved.
+
+    Under ``train.py`` RunDirGuard has claimed and checked it already (a single run) or this
+    checks it (a multirun job, whose failure the sweep records); a direct ``train(cfg)`` call
+    only locks it.
+    """
+    run_dir = Path(cfg.paths.output_dir).resolve()
+    if cfg.get("plan"):  # plan=true only prints the plan and writes schedule.yaml
+        yield RunDir(run_dir)
+        return
+    took = run_dir not in _held
+    run = claim(run_dir, bool(cfg.get("resume")), cfg.get("ckpt_path"), check=_in_multirun())
+    try:
+        yield run
+    finally:
+        if took:
+            release(run_dir)
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+class RunDirGuard(Callback):
+    """Hydra callback (conf/train.yaml): claim a single run's directory before Hydra writes its
+    config and log there, so that a refused run leaves the other run's directory untouched."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("plan"):
+            return  # plan=true only prints the plan and writes schedule.yaml
+        try:
+            claim(Path(config.hydra.run.dir), bool(config.get("resume")), config.get("ckpt_path"))
+        except FtlabError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release(Path(config.hydra.run.dir))
