@@ -3,7 +3,8 @@
 Each case is a real CLI run in its own process (``python train.py``, through
 :func:`common.train_cli`), so that one case's peak cannot hide another's: vit_tiny_patch16_224
 (random init, 5.7 M parameters) on MNIST at 224 px, batch 32, AdamW, a few optimizer steps,
-no validation, checkpoints, logger or test. The :class:`common.Probe` callback reads, at the
+no validation, checkpoints, logger, test or post-fit evaluations (the process exits when
+training ends). The :class:`common.Probe` callback reads, at the
 end of training, the process's peak resident set size (``ru_maxrss``) and the bytes of every
 tensor AdamW holds (``exp_avg``, ``exp_avg_sq``, ``step``: state exists only for parameters
 that received a gradient). ``rss_at_train_start`` (imports, model, data and, when cached, the
@@ -37,8 +38,7 @@ RUN = [
     "logger=none",
     "callbacks=none",
     "+trainer.enable_checkpointing=false",
-    "wise_ft.alphas=null",
-    "data.ood=[]",
+    "+callbacks.bench.exit_at_end=true",  # skip the post-fit validate and evaluations
 ]
 CASES = {
     "full fine-tuning": ["freeze=none"],
@@ -64,7 +64,7 @@ def measure(name: str, overrides: list[str], samples: int) -> dict:
         "trainable_params": probe["trainable_params"],
         "total_params": probe["total_params"],
         "steps": steps,
-        "feature_cache": run["metrics"]["feature_cache"]["used"] if run["metrics"] else None,
+        "feature_cache": bool(probe["feature_cache"] and probe["feature_cache"]["used"]),
     }
 
 
@@ -84,6 +84,10 @@ def run(quick: bool = False) -> list[dict]:
                 "MiB",
                 "report only",
                 None,
+                rss_at_train_start_mib=round(m["rss_at_train_start_bytes"] / MIB, 1),
+                added_by_training_mib=round(
+                    (m["peak_rss_bytes"] - m["rss_at_train_start_bytes"]) / MIB, 1
+                ),
                 **{k: v for k, v in m.items() if k != "case"},
             )
         )

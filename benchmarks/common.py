@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,7 +133,8 @@ def peak_rss_bytes() -> int:
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of every tensor the optimizer keeps per parameter (AdamW: exp_avg, exp_avg_sq, step)."""
+    """Bytes of every tensor the optimizer holds per parameter (AdamW: exp_avg, exp_avg_sq,
+    step); parameters that never had a gradient have no state."""
     return sum(
         value.numel() * value.element_size()
         for state in optimizer.state.values()
@@ -151,12 +153,16 @@ class Probe(L.Callback):
     on_train_batch_end, i.e. forward, backward and optimizer step; the data loading before a
     batch is not in it), optimizer-state bytes and peak RSS (at train start and at train end).
     With ``exit_at_first_step`` the process writes the file at the first training batch and
-    exits at once (status 0).
+    exits at once (status 0); with ``exit_at_end``, when training ends (no validate, test or
+    post-fit evaluations). ``feature_cache`` is the run's FeatureCache report (metrics.json's).
     """
 
-    def __init__(self, path: str | None = None, exit_at_first_step: bool = False) -> None:
+    def __init__(
+        self, path: str | None = None, exit_at_first_step: bool = False, exit_at_end: bool = False
+    ) -> None:
         self.path = path
         self.exit_at_first_step = exit_at_first_step
+        self.exit_at_end = exit_at_end
         self.record: dict[str, Any] = {"epoch_s": [], "val_s": [], "step_s": [], "step_epoch": []}
         self._epoch = self._step = self._val = 0.0
         self._val_epoch: float | None = None
@@ -205,7 +211,11 @@ class Probe(L.Callback):
         )
         self.record["total_params"] = sum(p.numel() for p in pl_module.parameters())
         self.record["peak_rss_bytes"] = peak_rss_bytes()
+        cache = getattr(trainer, "datamodule", None)
+        self.record["feature_cache"] = cache.report() if hasattr(cache, "report") else None
         self.write()
+        if self.exit_at_end:
+            os._exit(0)
 
     def write(self) -> None:
         if self.path:
@@ -273,26 +283,31 @@ def train_cli(
     ]
     if probe:
         command += ["+callbacks.bench._target_=common.Probe", f"+callbacks.bench.path={probe_path}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    start = time.time()
-    done = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    wall = time.time() - start
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr)[-3000:]
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
-    run_dirs = sorted(workdir.glob("run-*"))
-    metrics_path = run_dirs[-1] / "metrics.json" if run_dirs else None
-    return {
-        "wall_s": wall,
-        "start_time": start,
-        "probe": json.loads(probe_path.read_text()) if probe_path.is_file() else None,
-        "metrics": json.loads(metrics_path.read_text())
-        if metrics_path and metrics_path.is_file()
-        else None,
-        "stdout": done.stdout,
-    }
+    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    try:
+        start = time.time()
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        wall = time.time() - start
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr)[-3000:]
+            raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
+        run_dirs = sorted(workdir.glob("run-*"))
+        metrics_path = run_dirs[-1] / "metrics.json" if run_dirs else None
+        return {
+            "wall_s": wall,
+            "start_time": start,
+            "probe": json.loads(probe_path.read_text()) if probe_path.is_file() else None,
+            "metrics": json.loads(metrics_path.read_text())
+            if metrics_path and metrics_path.is_file()
+            else None,
+            "stdout": done.stdout,
+        }
+    finally:
+        if owned:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def child_json(script: str | Path, args: Sequence[str], timeout: float = 600) -> dict[str, Any]:

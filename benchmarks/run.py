@@ -1,8 +1,8 @@
 """`make bench`: run the benchmarks, print JSON lines, write benchmarks/results/<bench>.json.
 
-    python benchmarks/run.py                        # all of them (about 15 min on 2 CPU cores)
-    python benchmarks/run.py --only frozen,memory   # some of them
-    python benchmarks/run.py --quick                # fewer repeats and steps: a smoke run
+python benchmarks/run.py                        # all of them (about 15 min on 2 CPU cores)
+python benchmarks/run.py --only frozen,memory   # some of them
+python benchmarks/run.py --quick                # fewer repeats and steps: a smoke run
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ two runs never share a directory, and a checkpoint that needs code to unpickle i
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import lightning as L
 import pytest
 import torch
 from conftest import FAST, ROOT, read_metrics, run_cli
+
+from ftlab.errors import FtlabError
+from ftlab.rundir import is_global_zero, resolve, resume_command
 
 TESTS = str(Path(__file__).parent)
 ENV = {"PYTHONPATH": TESTS}  # train.py imports test_faults.PauseAt from here
@@ -29,15 +33,23 @@ COMMON = [
 
 
 class PauseAt(L.Callback):
-    """Test hook: after global step ``step`` write ``marker`` and wait there until a SIGTERM
-    arrives or the test deletes the marker (at most ``timeout`` seconds)."""
+    """Test hook: after global step ``step`` (at a training batch's end, or at the first batch of
+    the validation that follows it) write ``marker`` and wait there until a SIGTERM arrives or
+    the test deletes the marker (at most ``timeout`` seconds)."""
 
-    def __init__(self, step: int, marker: str, timeout: float = 90.0) -> None:
-        self.step, self.marker, self.timeout = step, Path(marker), timeout
+    def __init__(self, step: int, marker: str, stage: str = "train", timeout: float = 90) -> None:
+        self.step, self.marker, self.stage, self.timeout = step, Path(marker), stage, timeout
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step != self.step:
-            return
+        if self.stage == "train" and trainer.global_step == self.step:
+            self._wait(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if self.stage == "val" and fitting and trainer.global_step == self.step and batch_idx == 0:
+            self._wait(trainer)
+
+    def _wait(self, trainer) -> None:
         self.marker.write_text(str(trainer.global_step))
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline and self.marker.exists():
@@ -46,11 +58,12 @@ class PauseAt(L.Callback):
             time.sleep(0.02)
 
 
-def pause(step: int, marker: Path) -> list[str]:
+def pause(step: int, marker: Path, stage: str = "train") -> list[str]:
     return [
         "+callbacks.pause._target_=test_faults.PauseAt",
         f"+callbacks.pause.step={step}",
         f"+callbacks.pause.marker={marker}",
+        f"+callbacks.pause.stage={stage}",
     ]
 
 
@@ -94,24 +107,35 @@ def reference(tmp_path_factory) -> dict:
     return read_metrics(run_dir)
 
 
-def test_sigterm_saves_exits_cleanly_and_resume_matches(tmp_path, reference):
+# (where the signal lands, after which global step; the step whose end saves and stops)
+SIGTERM_CASES = {
+    "mid-epoch": ("train", 6, 6),  # epoch 1, phase 1, batch 2 of 4
+    "during validation": ("val", 4, 5),  # held to the end of epoch 1's first batch
+    "during the last validation": ("val", 8, 8),  # held to the end of training
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, step, saved", SIGTERM_CASES.values(), ids=SIGTERM_CASES)
+def test_sigterm_saves_exits_cleanly_and_resume_matches(tmp_path, reference, stage, step, saved):
     marker = tmp_path / "paused"
     run_dir = tmp_path / "run"
-    proc = start(*COMMON, *pause(6, marker), run_dir=run_dir)  # epoch 1, phase 1, mid-epoch
+    proc = start(*COMMON, *pause(step, marker, stage), run_dir=run_dir)
     wait_for(marker, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
 
     assert proc.returncode == 143, err[-3000:]
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("interrupted: SIGTERM at global step 6"), err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"interrupted: SIGTERM at global step {saved} "), lines[0]
     command = lines[0].split("continue with: ", 1)[1]
     assert command.endswith(f"resume=true hydra.run.dir={run_dir.resolve()}")
-    assert "freeze=gradual" in command and "+callbacks.pause" in command
+    assert "freeze=gradual" in command and "+callbacks.pause.step" in command
     stopped = read_metrics(run_dir)
-    assert stopped["status"] == "interrupted" and stopped["global_step"] == 6
+    assert stopped["status"] == "interrupted" and stopped["global_step"] == saved
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 6 and ckpt["epoch"] == 1
+    assert ckpt["global_step"] == saved
     assert ckpt["callbacks"]["ftlab.PhaseCallback"]["applied"] == 1  # same phase on resume
     assert ckpt["optimizer_states"][0]["state"]  # the optimizer's moments, not a fresh one
 
@@ -122,10 +146,14 @@ def test_sigterm_saves_exits_cleanly_and_resume_matches(tmp_path, reference):
     # ... and with resume=true continues it to the uninterrupted run's results.
     resumed = run_cli("train.py", *COMMON, "resume=true", run_dir=run_dir, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in (run_dir / "train.log").read_text()
+    restored = (
+        f"Restoring states from the checkpoint path at {run_dir.resolve()}/checkpoints/last.ckpt"
+    )
+    assert restored in (run_dir / "train.log").read_text()
     assert_same_results(read_metrics(run_dir), reference)
 
 
+@pytest.mark.slow
 def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path, reference):
     marker = tmp_path / "paused"
     run_dir = tmp_path / "run"
@@ -141,33 +169,47 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path, reference):
 
     resumed = run_cli("train.py", *COMMON, *every, "resume=true", run_dir=run_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    restored = (
+        f"Restoring states from the checkpoint path at {run_dir.resolve()}/checkpoints/last.ckpt"
+    )
+    assert restored in (run_dir / "train.log").read_text()
     assert_same_results(read_metrics(run_dir), reference)
 
 
-def test_nan_loss_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint(tmp_path):
-    done = run_cli(
-        "train.py",
-        *COMMON,
-        "optimizer.lr=1e30",
-        "callbacks.last_checkpoint.every_n_train_steps=1",
-        run_dir=tmp_path,
-    )
+# lr=1e30: the first update sends the weights to ~1e30, the next overflows them to inf, and the
+# loss after that is nan. Saving every step, the save of the overflowed weights is what stops.
+DIVERGING = {
+    "saving every step": (["callbacks.last_checkpoint.every_n_train_steps=1"], r"weight \S+"),
+    "no checkpoint yet": ([], "loss"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, what", DIVERGING.values(), ids=DIVERGING)
+def test_nan_or_inf_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint(
+    tmp_path, overrides, what
+):
+    done = run_cli("train.py", *COMMON, "optimizer.lr=1e30", *overrides, run_dir=tmp_path)
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr[-3000:]
-    assert lines[0].startswith("error: loss is "), lines[0]
-    assert "at global step" in lines[0] and "phase 0: head unfrozen" in lines[0]
-    assert "optimizer.lr" in lines[0]
+    assert re.match(rf"error: {what} is (nan|inf) at global step \d+ ", lines[0]), lines[0]
+    assert "(epoch 0, phase 0: head unfrozen): training stopped" in lines[0]
+    assert "lower optimizer.lr" in lines[0]
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "failed" and metrics["error"] in lines[0]
-    step = metrics["global_step"]
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] <= step  # saved before the non-finite loss, never after
-    assert all(
-        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
-    )
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if not overrides:
+        assert "no checkpoint was saved before it" in lines[0] and not last.exists()
+        return
+    ckpt = torch.load(last, weights_only=True)
+    assert f"{last} (global step {ckpt['global_step']}) is the last saved state" in lines[0]
+    assert ckpt["global_step"] < metrics["global_step"]
+    weights = [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
+    assert all(torch.isfinite(v).all() for v in weights)
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_live_run_directory_is_refused_and_touches_nothing(tmp_path):
     marker = tmp_path / "paused"
     run_dir = tmp_path / "run"
@@ -207,6 +249,7 @@ class Payload:
         return (Path.touch, (Path(self.path),))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_needs_code_to_unpickle_is_refused(tmp_path):
     ran = tmp_path / "code_ran"
     evil = tmp_path / "evil.ckpt"
@@ -215,6 +258,78 @@ def test_a_checkpoint_that_needs_code_to_unpickle_is_refused(tmp_path):
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
-    assert f"ckpt_path={evil} is not a loadable checkpoint" in lines[0]
+    assert re.search(
+        rf"ckpt_path={evil} needs code \(\S+\) to unpickle, and ftlab refuses", lines[0]
+    ), lines[0]
+    assert "\x1b" not in lines[0]  # torch's bold text, stripped for a plain line
     assert not ran.exists()  # nothing in the file was executed
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# --- the run-directory rules, without a run ------------------------------------------------
+
+
+def holding(run_dir: Path, *files: str) -> Path:
+    for name in files:
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text("{}")
+    return run_dir
+
+
+def test_resume_resolves_the_newest_checkpoint_and_a_requeued_slurm_job_resumes(
+    tmp_path, monkeypatch
+):
+    run_dir = holding(tmp_path, "metrics.json", "checkpoints/last.ckpt")
+    assert resolve(tmp_path, True, None).ckpt_path == str(tmp_path / "checkpoints/last.ckpt")
+    os.utime(holding(tmp_path, "hpc_ckpt_1.ckpt") / "hpc_ckpt_1.ckpt", (2e9, 2e9))
+    assert resolve(run_dir, True, None).ckpt_path == str(tmp_path / "hpc_ckpt_1.ckpt")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert resolve(run_dir, False, None).ckpt_path == str(tmp_path / "hpc_ckpt_1.ckpt")
+    inside = str(tmp_path / "checkpoints/last.ckpt")
+    assert resolve(run_dir, False, inside).ckpt_path == inside  # ckpt_path of this very run
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_again(tmp_path):
+    assert resolve(holding(tmp_path, "metrics.json"), True, None).ckpt_path is None
+
+
+# (files in the run directory, resume, ckpt_path) -> the error
+REFUSED = {
+    "a finished run": (["metrics.json"], False, None, r"already holds a run \(metrics\.json\)"),
+    "a killed run": (["checkpoints/last.ckpt"], False, None, "already holds a run"),
+    "another run's ckpt_path": (["metrics.json"], False, "/elsewhere/last.ckpt", "already holds"),
+    "resume in an empty dir": ([], True, None, r"resume=true: hydra\.run\.dir=\S+ holds no run"),
+    "resume and ckpt_path": ([], True, "x.ckpt", "resume=true and ckpt_path=x.ckpt are both set"),
+}
+
+
+@pytest.mark.parametrize("files, resume, ckpt_path, match", REFUSED.values(), ids=REFUSED)
+def test_run_directory_refusals(tmp_path, files, resume, ckpt_path, match):
+    with pytest.raises(FtlabError, match=match):
+        resolve(holding(tmp_path, *files), resume, ckpt_path)
+
+
+RANKS = {
+    "single process": ({}, True),
+    "Lightning DDP child": ({"LOCAL_RANK": "1"}, False),
+    "second node": ({"NODE_RANK": "1"}, False),
+    "torchrun rank 0": ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+    "SLURM task 3": ({"SLURM_PROCID": "3"}, False),
+}
+
+
+@pytest.mark.parametrize("env, zero", RANKS.values(), ids=RANKS)
+def test_only_global_rank_zero_locks(monkeypatch, env, zero):
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert is_global_zero() is zero
+
+
+def test_resume_command_keeps_the_overrides_and_names_the_directory(tmp_path):
+    overrides = ["model=test_cnn", "ckpt_path=a.ckpt", "optimizer.lr=1e-3", "data.ood=[a, b]"]
+    command = resume_command(tmp_path, overrides)
+    assert command.endswith(
+        f"model=test_cnn optimizer.lr=1e-3 'data.ood=[a, b]' resume=true hydra.run.dir={tmp_path}"
+    )

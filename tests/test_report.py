@@ -90,15 +90,16 @@ def test_summary_mean_std_over_seeds_and_counts(sweep: Path) -> None:
     # Mixed metric sets: test/acc exists only for lr=0.1.
     assert rows.loc["0.1", "test/acc_mean"] == pytest.approx(0.6)
     assert pd.isna(rows.loc["0.01", "test/acc_mean"])
-    assert list(summary.columns[:6]) == [
+    assert list(summary.columns[:7]) == [
         "optimizer.lr",
         "jobs",
         "completed",
         "failed",
+        "interrupted",
         "missing",
         "seeds",
     ]
-    assert summary.columns[6] == "val/acc_mean"  # the main metric first
+    assert summary.columns[7] == "val/acc_mean"  # the main metric first
 
 
 def test_write_report_files(sweep: Path) -> None:
@@ -116,7 +117,7 @@ def test_write_report_files(sweep: Path) -> None:
 
 def test_metric_and_mode_choice(sweep: Path) -> None:
     summary = summarize(load_sweep(sweep), metric="val/loss")
-    assert summary.attrs["mode"] == "min" and summary.columns[6] == "val/loss_mean"
+    assert summary.attrs["mode"] == "min" and summary.columns[7] == "val/loss_mean"
     with pytest.raises(FtlabError, match=r"metric=val/nope .* use one of val/acc, val/loss"):
         summarize(load_sweep(sweep), metric="val/nope")
 
@@ -125,6 +126,22 @@ def test_metrics_json_wins_over_an_earlier_attempts_status(tmp_path: Path) -> No
     job = make_job(tmp_path, 0, ["seed=0"], error="preempted")
     (job / "metrics.json").write_text(json.dumps({"status": "completed", "val": {"acc": 0.5}}))
     assert load_sweep(tmp_path).loc[0, "status"] == "completed"
+
+
+def test_interrupted_and_diverged_jobs_are_counted_not_averaged(tmp_path: Path) -> None:
+    make_job(tmp_path, 0, ["seed=0"], val={"acc": 0.5})
+    for num, status, why in [(1, "interrupted", "SIGTERM at step 6"), (2, "failed", "loss is nan")]:
+        job = make_job(tmp_path, num, [f"seed={num}"], val={"acc": 0.9})
+        metrics = json.loads((job / "metrics.json").read_text()) | {"status": status, "error": why}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    summary = write_report(tmp_path)
+    row = summary.iloc[0]
+    assert (row["completed"], row["failed"], row["interrupted"]) == (1, 1, 1)
+    assert row["val/acc_mean"] == 0.5  # only the completed job's number
+    md = (tmp_path / "report.md").read_text()
+    assert "3 jobs: 1 completed, 1 failed, 1 interrupted, 0 missing." in md
+    assert "| jobs | failed | interrupted | missing |" in md
+    assert "- job 1 (seed=1): SIGTERM at step 6" in md and "- job 2 (seed=2): loss is nan" in md
 
 
 def test_failed_job_without_hydra_dir_keeps_its_overrides(tmp_path: Path) -> None:
@@ -213,6 +230,7 @@ def test_wise_ft_rows_and_column_choice(tmp_path: Path) -> None:
             "best": {"alpha": 0.5, "val": {"acc": 0.95}, "test": {"acc": wise}, "ood": {}},
         }
         (job / "metrics.json").write_text(json.dumps(metrics))
+        (job / "wise_ft.csv").write_text(f"alpha,val_acc,ood_blur_acc\n0,0.5,0.4\n1,{acc},0.6\n")
     make_job(tmp_path, 2, ["strategy=linear_probe", "seed=0"], val={"acc": 0.7}, test={"acc": 0.7})
 
     jobs = load_sweep(tmp_path, wise_ft=True)
@@ -233,3 +251,7 @@ def test_wise_ft_rows_and_column_choice(tmp_path: Path) -> None:
     )
     assert "| full | best α | 2 | 0 | 0 | 0.95 ± 0 | 0.86 ± 0.028 | — |" in md
     assert "wall_time_s" not in md
+    # The α curve, averaged over the two seeds: 0.8 and 0.82 at α=1.
+    assert "| strategy | α | val_acc | ood_blur_acc |" in md
+    assert "| full | 0 | 0.5 ± 0 | 0.4 ± 0 |" in md
+    assert "| full | 1 | 0.81 ± 0.014 | 0.6 ± 0 |" in md

@@ -7,6 +7,8 @@ with one line naming ``ckpt_path`` and the model the checkpoint belongs to.
 
 from __future__ import annotations
 
+import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,15 @@ def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
     try:
         ckpt = _load(file)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        code = needs_code(err) if isinstance(err, pickle.UnpicklingError) else None
+        if code:
+            raise FtlabError(
+                f"{key}={path} needs code ({code}) to unpickle, and ftlab refuses to run it: give "
+                "a .ckpt written by ftlab's train.py, or re-save its tensors as a state dict"
+            ) from None
         raise FtlabError(
-            f"{key}={path} is not a loadable checkpoint ({first}): give a .ckpt written by "
-            "ftlab's train.py"
+            f"{key}={path} is not a loadable checkpoint ({first_line(err)}): give a .ckpt "
+            "written by ftlab's train.py"
         ) from None
     if not isinstance(ckpt, dict) or "ftlab" not in ckpt or "state_dict" not in ckpt:
         raise FtlabError(
@@ -41,6 +48,18 @@ def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
             "checkpoints/ folder"
         )
     return ckpt
+
+
+def needs_code(error: Exception) -> str | None:
+    """The global (``module.name``) a ``weights_only`` load refused to import, if that is why
+    it failed: the file is a pickle that would run code."""
+    found = re.search(r"GLOBAL (\S+)", str(error))
+    return found.group(1) if found else None
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _load(file: Path) -> Any:

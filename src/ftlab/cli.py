@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -25,6 +26,7 @@ from omegaconf import DictConfig
 from ftlab.errors import FtlabError, RunInterrupted
 
 USER_ERROR_EXIT = 2
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def conf_dir() -> str:
@@ -55,6 +57,7 @@ def one_line(message: str) -> str:
     if "Original Traceback" in message:
         last = message.strip().splitlines()[-1]
         message = last.split(f"{FtlabError.__name__}: ", 1)[-1]
+    message = ANSI_ESCAPE.sub("", message)  # torch's own messages embed bold text for terminals
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 

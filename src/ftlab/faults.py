@@ -1,15 +1,17 @@
 """Faults during training: a preemption (SIGTERM) and a loss that is no longer finite.
 
-SIGTERM: Lightning's own signal connector catches it (and passes it on to its DDP children),
-and its loops stop at the next batch boundary, every rank at the same one, by raising
-``SIGTERMException`` after calling each callback's ``on_exception``. ``FaultGuard`` saves
-``checkpoints/last.ckpt`` there: the full state (weights, optimizer, scheduler, phase, loop
-progress and the train loader's position, see ftlab.data.resumable), so ``resume=true``
-continues mid-epoch exactly. ``recorded`` then writes ``metrics.json`` with status
-``interrupted`` and raises ``RunInterrupted``, whose message ends with the resume command.
+SIGTERM: Lightning's signal connector catches it (and passes it on to its DDP children).
+``FaultGuard`` acts on it at the end of the next training batch, on every rank at once: it saves
+``checkpoints/last.ckpt`` there (weights, optimizer, scheduler, phase, loop progress and the
+train loader's position, see ftlab.data.resumable), the same state a periodic checkpoint holds,
+so ``resume=true`` continues exactly, and stops the loops with Lightning's
+``SIGTERMException``. A SIGTERM during validation is held until then: Lightning would stop
+mid-validation, and a resume from there re-validates only the rest, so that epoch's val
+metrics (and the best checkpoint) would differ. ``recorded`` then writes ``metrics.json`` with
+status ``interrupted`` and raises ``RunInterrupted``, whose message ends with the resume command.
 
-A loss that is nan or inf stops the run before its backward pass, so no update and no
-checkpoint holds it: the last periodic ``last.ckpt`` stays the last good state.
+A nan or inf loss stops the run before its backward pass, and a save whose weights are nan or
+inf stops it before the file is written, so the last good ``last.ckpt`` stays.
 ``metrics.json`` says ``failed`` with the reason.
 
 SIGKILL cannot be caught: what it loses is bounded by the periodic checkpoint
@@ -19,7 +21,6 @@ SIGKILL cannot be caught: what it loses is bounded by the periodic checkpoint
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,11 +47,13 @@ class TrainingDiverged(FtlabError):
 
 
 class FaultGuard(L.Callback):
-    """Saves the state on SIGTERM; stops on a non-finite loss before it reaches the weights."""
+    """Saves the state and stops on SIGTERM; stops on a non-finite loss before the update."""
 
     def __init__(self, run_dir: Path, plan: Plan) -> None:
         self.last = run_dir / LAST
         self.plan = plan
+        self.pending = False  # a SIGTERM arrived and is not acted on yet
+        self.saved = False
 
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
@@ -59,17 +62,60 @@ class FaultGuard(L.Callback):
         if trainer.world_size > 1:  # every rank stops at the same step, or the others hang
             finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            raise self._diverged(trainer, float(loss.detach().float().mean()))
+            raise self._diverged(trainer, f"loss is {_kind(loss.detach())}")
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Runs before the file is written, for every save: a finite loss can still come with an
+        # update that overflowed the weights, and that state must not replace the last good one.
+        # Trainable parameters only: frozen ones do not change, and some models keep -inf
+        # mask buffers on purpose.
+        for name, param in pl_module.named_parameters():
+            if param.requires_grad and not torch.isfinite(param).all():
+                raise self._diverged(trainer, f"weight {name} is {_kind(param.detach())}")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._hold(trainer)  # Lightning checks its flag right after this hook
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._hold(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_signalled(trainer)  # held through the last validation
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        # Only during fit: validate/test after it run on the best weights, not the run's state.
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
-            trainer.save_checkpoint(self.last)
-            log.info("SIGTERM: state at global step %d saved to %s", trainer.global_step, self.last)
+        # Lightning stopped on its own (a signal between the points above): keep that state.
+        # Only during fit: validate/test after it hold the best weights, not the run's state.
+        fit = trainer.state.fn == "fit"
+        if isinstance(exception, SIGTERMException) and fit and not self.saved:
+            self._save(trainer)
 
-    def _diverged(self, trainer: L.Trainer, value: float) -> TrainingDiverged:
+    def _hold(self, trainer: L.Trainer) -> None:
+        connector = getattr(trainer, "_signal_connector", None)  # Lightning 2.x, private
+        if trainer.state.fn == "fit" and connector is not None and connector.received_sigterm:
+            connector.received_sigterm = False
+            self.pending = True
+
+    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+        stop = self.pending or trainer.received_sigterm
+        if trainer.world_size > 1:  # a signal may reach the ranks at different batches
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self._save(trainer)
+            raise SIGTERMException
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.last)
+        self.saved = True
+        log.info("SIGTERM: state at global step %d saved to %s", trainer.global_step, self.last)
+
+    def _diverged(self, trainer: L.Trainer, what: str) -> TrainingDiverged:
         phase = self.plan.phase_at(trainer.current_epoch)
         groups = ", ".join(self.plan.summary()[phase]["unfrozen"]) or "no new groups"
         kept = self.last if self.last.is_file() else None
@@ -78,11 +124,10 @@ class FaultGuard(L.Callback):
             if kept
             else "no checkpoint was saved before it"
         )
-        loss = "nan" if math.isnan(value) else "inf"
         message = (
-            f"loss is {loss} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
-            f"phase {phase}: {groups} unfrozen): stopped before that update, {where}; lower "
-            "optimizer.lr or set trainer.gradient_clip_val and start again"
+            f"{what} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"phase {phase}: {groups} unfrozen): training stopped, {where}; lower optimizer.lr "
+            "or set trainer.gradient_clip_val and start again"
         )
         record = {
             "global_step": trainer.global_step,
@@ -91,6 +136,11 @@ class FaultGuard(L.Callback):
             "last_checkpoint": str(kept) if kept else None,
         }
         return TrainingDiverged(message, record)
+
+
+def _kind(values: torch.Tensor) -> str:
+    """nan, inf, or (a finite value here; another DDP rank's was not) not finite."""
+    return "nan" if values.isnan().any() else "inf" if values.isinf().any() else "not finite"
 
 
 def _step_of(path: Path) -> int | str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
-import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ftlab.checkpoints import needs_code
 from ftlab.errors import FtlabError
 
 PACKAGE_PREFIX = "package:"
@@ -150,10 +150,10 @@ def _read(path: Path, spec: str) -> object:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        blocked = re.search(r"GLOBAL (\S+)", str(error))
-        if blocked:
+        code = needs_code(error)
+        if code:
             raise FtlabError(
-                f"model.weights={spec!r} is a pickle that needs code ({blocked.group(1)}) to load; "
+                f"model.weights={spec!r} is a pickle that needs code ({code}) to load; "
                 "ftlab only loads plain tensors: re-save it with "
                 "torch.save(model.state_dict(), path) or as .safetensors"
             ) from error

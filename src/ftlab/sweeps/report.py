@@ -31,6 +31,9 @@ NOT_METRICS = {"seed", "world_size"}  # top-level numbers that describe a job, n
 JOB_MARKERS = (".hydra", "metrics.json", "status.json")
 DEFAULT_METRIC, DEFAULT_MODE = "val/acc", "max"
 REPORT_FILES = ("report.csv", "report.md", "report.png")
+# A job's status: metrics.json's (completed, failed: diverged, interrupted: SIGTERM, resumable),
+# status.json's (failed: an error), or missing (neither file).
+STATUSES = ("completed", "failed", "interrupted", "missing")
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -163,7 +166,7 @@ def summarize(
         done = group[group["status"] == "completed"]
         row: dict[str, Any] = dict(zip(settings, values, strict=True))
         row["jobs"] = len(group)
-        for status in ("completed", "failed", "missing"):
+        for status in STATUSES:
             row[status] = int((group["status"] == status).sum())
         if SEED_KEY in group:
             row["seeds"] = " ".join(str(s) for s in group[SEED_KEY].dropna())
@@ -200,20 +203,25 @@ def to_markdown(
         f"# Sweep report: {summary.attrs['sweep_dir']}",
         "",
         f"{len(jobs)} jobs: {counts.get('completed', 0)} completed, "
-        f"{counts.get('failed', 0)} failed, {counts.get('missing', 0)} missing. "
+        f"{counts.get('failed', 0)} failed, "
+        + (f"{counts['interrupted']} interrupted, " if counts.get("interrupted") else "")
+        + f"{counts.get('missing', 0)} missing. "
         f"Main metric: {metric} ({summary.attrs['mode']}), mean ± std over seeds.",
     ]
     if summary.attrs["fixed"]:
         fixed = " ".join(f"{k}={v}" for k, v in summary.attrs["fixed"].items())
         lines += ["", f"Every job: `{fixed}`"]
     names = [n[: -len("_mean")] for n in summary.columns if n.endswith("_mean")]
-    if columns:
-        names = [metric, *(n for n in names if n != metric and _wanted(n, columns))]
-    header = [*settings, "jobs", "failed", "missing", *names]
+    if columns:  # in the order the patterns are given
+        picked = [n for pattern in columns for n in names if n != metric and _wanted(n, [pattern])]
+        names = [metric, *dict.fromkeys(picked)]
+    # "interrupted" (SIGTERM'd, resumable with resume=true) only when some job was.
+    counted = ["failed", *(["interrupted"] if counts.get("interrupted") else []), "missing"]
+    header = [*settings, "jobs", *counted, *names]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.to_dict("records"):  # records keep ints as ints
         cells = [_show(row[k]) for k in settings]
-        cells += [str(row[k]) for k in ("jobs", "failed", "missing")]
+        cells += [str(row[k]) for k in ("jobs", *counted)]
         cells += [_mean_std(row[f"{n}_mean"], row[f"{n}_std"]) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     best = best_setting(summary)
@@ -221,7 +229,8 @@ def to_markdown(
         where = " ".join(f"{k}={_show(best[k])}" for k in settings) or "the only setting"
         score = _mean_std(best[f"{metric}_mean"], best[f"{metric}_std"])
         lines += ["", f"Best: {where}: {metric} {score}"]
-    for status, note in (("failed", ""), ("missing", "no metrics.json or status.json")):
+    notes = {"failed": "", "interrupted": "", "missing": "no metrics.json or status.json"}
+    for status, note in notes.items():
         bad = jobs[jobs["status"] == status]
         if not bad.empty:
             lines += ["", f"## {status.capitalize()} jobs", ""]
@@ -229,6 +238,40 @@ def to_markdown(
             setting = " ".join(f"{k}={_show(job[k])}" for k in [*settings, SEED_KEY] if k in job)
             reason = (job["error"] or note).strip().splitlines() or [""]
             lines.append(f"- job {job['job']} ({setting}): {reason[-1][:300]}")
+    return "\n".join(lines) + "\n"
+
+
+def wise_ft_curves(sweep_dir: str | Path, settings: Sequence[str]) -> pd.DataFrame:
+    """Every job's ``wise_ft.csv`` averaged over seeds: one row per (setting, α), with
+    ``<column>_mean`` and ``<column>_std`` for each of its metrics (``val_acc``, ``ood_<set>_acc``).
+    """
+    tables = []
+    for job_dir in _job_dirs_or_error(Path(sweep_dir)):
+        if (job_dir / "wise_ft.csv").is_file():
+            table = pd.read_csv(job_dir / "wise_ft.csv")
+            overrides = read_job(job_dir)["overrides"]
+            tables.append(table.assign(**{k: overrides.get(k) for k in settings}))
+    if not tables:
+        return pd.DataFrame()
+    curves = pd.concat(tables, ignore_index=True)
+    grouped = curves.groupby([*settings, "alpha"], sort=True, dropna=False)
+    return grouped.agg(["mean", "std"]).pipe(
+        lambda t: t.set_axis([f"{a}_{b}" for a, b in t.columns], axis=1).reset_index()
+    )
+
+
+def wise_ft_markdown(curves: pd.DataFrame, settings: Sequence[str]) -> str:
+    """report.md's "WiSE-FT by α" section (empty without WiSE-FT jobs)."""
+    if curves.empty:
+        return ""
+    names = [c[: -len("_mean")] for c in curves.columns if c.endswith("_mean")]
+    header = [*settings, "α", *names]
+    lines = ["", "## WiSE-FT by α", "", "θ(α) = (1−α)·θ₀ + α·θ, mean ± std over seeds.", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in curves.to_dict("records"):
+        cells = [_show(row[k]) for k in settings] + [f"{row['alpha']:g}"]
+        cells += [_mean_std(row[f"{n}_mean"], row[f"{n}_std"]) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -299,7 +342,11 @@ def write_report(
     path = Path(out or sweep_dir)
     path.mkdir(parents=True, exist_ok=True)
     summary.to_csv(path / "report.csv", index=False)
-    (path / "report.md").write_text(to_markdown(summary, jobs, columns))
+    markdown = to_markdown(summary, jobs, columns)
+    if wise_ft:
+        settings = [k for k in summary.attrs["settings"] if k != WISE_FT_KEY]
+        markdown += wise_ft_markdown(wise_ft_curves(sweep_dir, settings), settings)
+    (path / "report.md").write_text(markdown)
     plot_sweep(summary).figure.savefig(path / "report.png", dpi=120)
     return summary
 
