@@ -4,11 +4,16 @@ Each case is a real CLI run in its own process (``python train.py``, through
 :func:`common.train_cli`), so that one case's peak cannot hide another's: vit_tiny_patch16_224
 (random init, 5.7 M parameters) on MNIST at 224 px, batch 32, AdamW, a few optimizer steps,
 no validation, checkpoints, logger, test or post-fit evaluations (the process exits when
-training ends). The :class:`common.Probe` callback reads, at the
-end of training, the process's peak resident set size (``ru_maxrss``) and the bytes of every
+training ends). The :class:`common.Probe` callback reads, at the end of training, the
+process's peak resident set size (``VmHWM``: Linux's ``ru_maxrss`` without its thread-exit
+record, see :func:`common.peak_rss_bytes`) and the bytes of every
 tensor AdamW holds (``exp_avg``, ``exp_avg_sq``, ``step``: state exists only for parameters
-that received a gradient). ``rss_at_train_start`` (imports, model, data and, when cached, the
-features) is reported too: the difference is what training itself added.
+that received a gradient). The data setup before training has a transient peak higher than
+full fine-tuning's (MNIST resized to 224 px), which would hide every case, so the probe resets
+the peak at ``on_train_start`` (``/proc/self/clear_refs``; ``peak_reset`` says it did): the
+value is the peak RSS during training, which includes what the process already held then
+(``rss_at_train_start``: imports, model, data, cached features); ``added_by_training`` is the
+difference, and ``setup_peak_rss`` the peak before training.
 
 Cases: full fine-tuning (``freeze=none``); linear probe (``freeze=linear_probe``, ftlab's
 default cached features: the backbone runs once over the train split without autograd, then the
@@ -59,7 +64,9 @@ def measure(name: str, overrides: list[str], samples: int) -> dict:
         "case": name,
         "overrides": overrides,
         "peak_rss_bytes": probe["peak_rss_bytes"],
-        "rss_at_train_start_bytes": probe["peak_rss_at_train_start_bytes"],
+        "rss_at_train_start_bytes": probe["rss_at_train_start_bytes"],
+        "setup_peak_rss_bytes": probe["peak_rss_at_train_start_bytes"],
+        "peak_reset": probe["peak_rss_reset"],
         "optimizer_state_bytes": probe["optimizer_state_bytes"],
         "trainable_params": probe["trainable_params"],
         "total_params": probe["total_params"],
@@ -85,6 +92,7 @@ def run(quick: bool = False) -> list[dict]:
                 "report only",
                 None,
                 rss_at_train_start_mib=round(m["rss_at_train_start_bytes"] / MIB, 1),
+                setup_peak_rss_mib=round(m["setup_peak_rss_bytes"] / MIB, 1),
                 added_by_training_mib=round(
                     (m["peak_rss_bytes"] - m["rss_at_train_start_bytes"]) / MIB, 1
                 ),

@@ -127,9 +127,34 @@ def quiet() -> None:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident set size so far: ``VmHWM`` on Linux (the memory map's high
+    water mark, which :func:`reset_peak_rss` resets), else ``ru_maxrss``. ``ru_maxrss`` also keeps
+    the high water mark at the exit of any thread, so it can hold a peak from before a reset."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def current_rss_bytes() -> int | None:
+    """This process's resident set size now (Linux), else None."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0: ``clear_refs`` 5); whether it did."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -151,7 +176,8 @@ class Probe(L.Callback):
     of the first training batch, per-epoch seconds (``epoch_s``: train loop plus validation,
     ``val_s``: the validation part), per-step seconds (``step_s``: on_train_batch_start to
     on_train_batch_end, i.e. forward, backward and optimizer step; the data loading before a
-    batch is not in it), optimizer-state bytes and peak RSS (at train start and at train end).
+    batch is not in it), optimizer-state bytes, and RSS: the peak and current RSS at train
+    start, then (the peak reset there) the peak during training.
     With ``exit_at_first_step`` the process writes the file at the first training batch and
     exits at once (status 0); with ``exit_at_end``, when training ends (no validate, test or
     post-fit evaluations). ``feature_cache`` is the run's FeatureCache report (metrics.json's).
@@ -172,8 +198,12 @@ class Probe(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["train_start_time"] = time.time()
-        # Imports, model, data (and cached features) are in by now: the baseline for training.
+        # Imports, model, data (and cached features) are in by now. Their transient peak (data
+        # setup) can exceed training's, so the peak is reset here (Linux) and the end-of-
+        # training peak is then training's own.
         self.record["peak_rss_at_train_start_bytes"] = peak_rss_bytes()
+        self.record["rss_at_train_start_bytes"] = current_rss_bytes()
+        self.record["peak_rss_reset"] = reset_peak_rss()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch, self._val_epoch = time.perf_counter(), 0.0

@@ -185,6 +185,22 @@ def test_optuna_search_space_and_resume_bookkeeping(tmp_path: Path) -> None:
         open_study("s", storage, "max", {}, ["model=test_vit", "head_dropout=0.1"])
 
 
+def test_a_trial_killed_after_its_job_finished_keeps_its_value(tmp_path: Path) -> None:
+    """The kill can land between the job's metrics.json and the study's record of it."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = open_study("s", storage, "max", {}, [])
+    finished_job, cut_off = study.ask(), study.ask()
+    (tmp_path / str(finished_job.number)).mkdir()
+    metrics = {"status": "completed", "optimized_metric": {"name": "val/acc", "value": 0.75}}
+    (tmp_path / str(finished_job.number) / "metrics.json").write_text(json.dumps(metrics))
+    study = open_study("s", storage, "max", {}, [])
+    assert interrupt(study, sweep_dir=tmp_path) == 1 and finished(study) == 1
+    kept = study.trials[finished_job.number]
+    assert kept.state == optuna.trial.TrialState.COMPLETE and kept.value == 0.75
+    assert kept.user_attrs["job_dir"] == str(tmp_path / "0")
+    assert study.trials[cut_off.number].state == optuna.trial.TrialState.FAIL
+
+
 def test_submitit_local_runs_each_job_in_its_own_process(tmp_path: Path) -> None:
     proc = multirun(tmp_path, "hydra/launcher=submitit_local", *TINY, "seed=0,1")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -85,4 +85,4 @@ def pooled_features(
             break
         features.append(_forward(backbone, inputs, precision).float().cpu())
         seen += len(features[-1])
-    return torch.cat(features)[:count]
+    return torch.cat(features)[:count] if features else torch.empty(0)  # limit_val_batches=0

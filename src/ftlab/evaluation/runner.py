@@ -104,7 +104,8 @@ class RunEvaluation:
             weights0, before = merged_state(backbone), features()
         return {
             "weight_change": weight_change(weights0, weights, backbone.layer_groups()),
-            "cka": linear_cka(before, tuned),
+            # CKA compares sample similarities: it needs at least two samples.
+            "cka": linear_cka(before, tuned) if len(tuned) > 1 else None,
             "cka_samples": len(tuned),
         }
 

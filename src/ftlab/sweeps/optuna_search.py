@@ -6,11 +6,13 @@ holds everything that touches Optuna, on its current API (ask/tell).
 Resume semantics: the study lives in SQLite inside the sweep directory, and ``n_trials`` is the
 study's *total* of finished trials (complete, pruned, or failed by its job). Running the same
 command again runs only what is left. A trial cut off by an interruption (Ctrl-C, a killed
-process) is marked failed without an ``error`` attribute, does not count, and is replaced.
+process) is marked failed without an ``error`` attribute, does not count, and is replaced,
+unless its job had written a completed ``metrics.json``: then its value is kept.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -148,17 +150,45 @@ def finished(study: optuna.Study) -> int:
     )
 
 
-def interrupt(study: optuna.Study, trials: Sequence[Trial | FrozenTrial] | None = None) -> int:
-    """Mark trials (default: every RUNNING one, left by a killed session) as interrupted.
+def interrupt(
+    study: optuna.Study,
+    trials: Sequence[Trial | FrozenTrial] | None = None,
+    sweep_dir: Path | None = None,
+) -> int:
+    """Mark trials (default: every RUNNING one, left by a killed session) as interrupted;
+    returns how many. With ``sweep_dir``, a trial whose job finished (its ``metrics.json`` says
+    completed) before the session died is recorded complete with its value instead: the kill
+    came between the job's last write and the study's.
 
     Only one sweep process may work on a study at a time: another's running trials would look
     interrupted too.
     """
     if trials is None:
         trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    cut_off = 0
     for trial in trials:
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-    return len(trials)
+        value = _finished_value(sweep_dir / str(trial.number)) if sweep_dir else None
+        if value is not None:
+            # A FrozenTrial from get_trials has no set_user_attr; a Trial handle on its id does.
+            Trial(study, trial._trial_id).set_user_attr(
+                "job_dir", str(sweep_dir / str(trial.number))
+            )
+            study.tell(trial.number, value, skip_if_finished=True)
+            log.info("trial %d had finished before the interruption: kept", trial.number)
+        else:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            cut_off += 1
+    return cut_off
+
+
+def _finished_value(job_dir: Path) -> float | None:
+    """The optimized metric a completed job recorded in its metrics.json, if it did."""
+    try:
+        metrics = json.loads((job_dir / "metrics.json").read_text())
+        value = float(metrics["optimized_metric"]["value"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if metrics.get("status") == "completed" and math.isfinite(value) else None
 
 
 def tell(study: optuna.Study, trial: Trial, result: JobReturn) -> None:

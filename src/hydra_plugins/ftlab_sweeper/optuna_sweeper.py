@@ -85,7 +85,7 @@ class FtlabOptunaSweeper(Sweeper):
         study = search.open_study(
             s["study_name"], storage, s["direction"], s["sampler"], space.fixed
         )
-        if stale := search.interrupt(study):
+        if stale := search.interrupt(study, sweep_dir=sweep_dir):
             log.info(
                 "study %s: %d interrupted trial(s) marked failed; they will be rerun",
                 s["study_name"],
