@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,23 +113,35 @@ def check_resume(path: str | None, module: nn.Module, key: str = "ckpt_path") ->
 
 def check_state(ckpt: dict[str, Any], module: nn.Module, path: str, key: str = "ckpt_path") -> None:
     """Refuse a checkpoint whose state-dict keys or shapes differ from ``module``'s."""
-    state, expected = ckpt["state_dict"], module.state_dict()
-    name = model_label(ckpt["ftlab"])
-    missing = [k for k in expected if k not in state]
+    differences = state_differences(ckpt["state_dict"], module.state_dict())
+    if differences:
+        raise FtlabError(
+            f"{key}={path} ({model_label(ckpt['ftlab'])}) does not fit this run's model: "
+            f"{differences}; resume with the model settings it was trained with "
+            "(model.*, head_dropout)"
+        )
+
+
+def state_differences(
+    state: Mapping[str, Any], expected: Mapping[str, Any], optional: tuple[str, ...] = ()
+) -> str:
+    """How ``state`` differs from ``expected`` key for key and shape for shape, for a message
+    ("2 missing, 0 unexpected and 1 differently shaped keys (e.g. head.weight)"); "" if it fits.
+    Expected keys ending in one of ``optional`` may be missing."""
+    missing = [k for k in expected if k not in state and not k.endswith(optional)]
     unexpected = [k for k in state if k not in expected]
     reshaped = [
         k
         for k in state
         if k in expected and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)
     ]
-    if missing or unexpected or reshaped:
-        example = (missing or unexpected or reshaped)[0]
-        raise FtlabError(
-            f"{key}={path} ({name}) does not fit this run's model: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected and {len(reshaped)} differently shaped keys "
-            f"(e.g. {example}); resume with the model settings it was trained with "
-            "(model.*, head_dropout)"
-        )
+    if not (missing or unexpected or reshaped):
+        return ""
+    example = (missing or unexpected or reshaped)[0]
+    return (
+        f"{len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} differently "
+        f"shaped keys (e.g. {example})"
+    )
 
 
 def _few(items: list[Any], limit: int = 6) -> str:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ftlab.checkpoints import needs_code
+from ftlab.checkpoints import needs_code, state_differences
 from ftlab.errors import FtlabError
 
 PACKAGE_PREFIX = "package:"
@@ -223,17 +223,12 @@ def _drop_classifier(state: dict[str, Tensor], model: nn.Module) -> dict[str, Te
 
 def _check_fits(state: dict[str, Tensor], model: nn.Module, spec: str, name: str) -> None:
     """Refuse weights that don't match the architecture key for key, naming what differs."""
-    expected = model.state_dict()
     # BatchNorm fills in a missing num_batches_tracked itself.
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in state if k in expected and state[k].shape != expected[k].shape]
-    if missing or unexpected or reshaped:
-        example = (missing or unexpected or reshaped)[0]
+    differences = state_differences(state, model.state_dict(), optional=("num_batches_tracked",))
+    if differences:
         raise FtlabError(
-            f"model.weights={spec!r} does not fit {name}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected and {len(reshaped)} differently shaped keys "
-            f"(e.g. {example}); weights for another architecture? (fix model.name or model.weights)"
+            f"model.weights={spec!r} does not fit {name}: {differences}; weights for another "
+            "architecture? (fix model.name or model.weights)"
         )
 
 
