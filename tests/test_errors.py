@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -277,20 +277,20 @@ def test_resume_check_names_classes_and_keys(tmp_path, inputs):
     ckpt = load_checkpoint(path)
 
     class Module(torch.nn.Module):
-        def __init__(self, meta: dict, state: dict) -> None:
+        def __init__(self, record, state: dict) -> None:
             super().__init__()
-            self.meta, self._state = meta, state
+            self.record, self._state = record, state
 
         def state_dict(self, *args, **kwargs):
             return self._state
 
-    meta, state = ckpt["ftlab"], ckpt["state_dict"]
-    check_resume(path, Module(meta, state))  # its own model: fine
-    other = {**meta, "classes": ["x", "y"]}
+    record, state = ckpt["ftlab"], ckpt["state_dict"]
+    check_resume(path, Module(record, state))  # its own model: fine
+    other = replace(record, classes=["x", "y"])
     with pytest.raises(
         FtlabError, match=r"trained on classes \[0, 1, .*this run's data has \[x, y\]"
     ):
         check_resume(path, Module(other, state))
     fewer = dict(list(state.items())[:-1])
     with pytest.raises(FtlabError, match=r"\(test_vit\) does not fit .*1 unexpected"):
-        check_resume(path, Module(meta, fewer))
+        check_resume(path, Module(record, fewer))

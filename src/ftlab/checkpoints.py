@@ -18,10 +18,15 @@ import torch
 from torch import nn
 
 from ftlab.errors import FtlabError
+from ftlab.record import ModelRecord, parse_record
 
 
 def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
-    """Read a Lightning checkpoint written by ftlab without unpickling code."""
+    """Read a Lightning checkpoint written by ftlab without unpickling code.
+
+    Its ``ftlab`` entry comes back parsed as a :class:`~ftlab.record.ModelRecord`: a file that
+    names code there (``_target_``, ``_partial_``, interpolations) is refused in one line.
+    """
     if not path:
         raise FtlabError(f"{key} is not set: python eval.py {key}=<run>/checkpoints/last.ckpt")
     file = Path(path).expanduser()
@@ -48,6 +53,7 @@ def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
             f"{key}={path} was not written by ftlab's train.py: give a .ckpt from a run's "
             "checkpoints/ folder"
         )
+    ckpt["ftlab"] = parse_record(ckpt["ftlab"], f"{key}={path}")
     return ckpt
 
 
@@ -75,38 +81,33 @@ def _load(file: Path) -> Any:
             return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def model_label(meta: dict[str, Any]) -> str:
-    """The model a checkpoint's ftlab metadata names, for messages."""
-    model = meta.get("model") or {}
-    return str(model.get("name", "an unknown model")) if isinstance(model, dict) else str(model)
-
-
 def check_resume(path: str | None, module: nn.Module, key: str = "ckpt_path") -> None:
     """Refuse a checkpoint to resume from that is missing, unreadable or made for another model.
 
     Compares the checkpoint's recorded model name, classes and LoRA adapters with ``module``'s
-    ``meta``, then its state-dict keys and shapes with ``module.state_dict()``.
+    ``record``, then its state-dict keys and shapes with ``module.state_dict()``.
     """
     if not path:
         return
     ckpt = load_checkpoint(path, key)
-    theirs, ours = ckpt["ftlab"], getattr(module, "meta", {})
-    name, wanted = model_label(theirs), model_label(ours)
+    theirs: ModelRecord = ckpt["ftlab"]
+    ours: ModelRecord = module.record
+    name, wanted = theirs.label, ours.label
     if name != wanted:
         raise FtlabError(
             f"{key}={path} belongs to model {name}, not {wanted}: resume it with the model "
             f"config it was trained with (model.name={name}), or give a {wanted} checkpoint"
         )
-    if list(theirs.get("classes", [])) != list(ours.get("classes", [])):
+    if list(theirs.classes) != list(ours.classes):
         raise FtlabError(
-            f"{key}={path} was trained on classes {_few(theirs.get('classes', []))}, this run's "
-            f"data has {_few(ours.get('classes', []))}: resume on the same data, or drop {key} "
+            f"{key}={path} was trained on classes {_few(theirs.classes)}, this run's "
+            f"data has {_few(ours.classes)}: resume on the same data, or drop {key} "
             "to start a new run"
         )
-    if (theirs.get("lora") or None) != (ours.get("lora") or None):
+    if theirs.lora != ours.lora:
         raise FtlabError(
-            f"{key}={path} was trained with freeze.lora={theirs.get('lora')}, this run has "
-            f"{ours.get('lora')}: resume with the freeze settings it was trained with"
+            f"{key}={path} was trained with freeze.lora={theirs.lora}, this run has "
+            f"{ours.lora}: resume with the freeze settings it was trained with"
         )
     check_state(ckpt, module, path, key)
 
@@ -116,7 +117,7 @@ def check_state(ckpt: dict[str, Any], module: nn.Module, path: str, key: str = "
     differences = state_differences(ckpt["state_dict"], module.state_dict())
     if differences:
         raise FtlabError(
-            f"{key}={path} ({model_label(ckpt['ftlab'])}) does not fit this run's model: "
+            f"{key}={path} ({ckpt['ftlab'].label}) does not fit this run's model: "
             f"{differences}; resume with the model settings it was trained with "
             "(model.*, head_dropout)"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,25 @@ from ftlab.loggers import build_loggers, finish
 from ftlab.module import FinetuneModule, make_head
 from ftlab.outputs import strip_prefix, write_json
 from ftlab.progress import progress_callbacks, quiet_lightning
+from ftlab.record import ModelRecord, restore_backbone
 
 log = logging.getLogger("ftlab")
 
 
 def restore_module(ckpt: dict[str, Any], path: str = "?") -> tuple[FinetuneModule, Any]:
-    """The trained module (backbone built from the run's own model config) and its backbone.
+    """The trained module and its backbone, rebuilt from the checkpoint's record.
 
+    ``ckpt`` comes from :func:`~ftlab.checkpoints.load_checkpoint`, which parsed its record; the
+    backbone is built by ftlab's own builders (ftlab.record), never by a name in the file.
     ``path`` (the ``ckpt_path`` value) only names the file in errors.
     """
-    meta = ckpt["ftlab"]
-    backbone = instantiate(meta["model"])
-    if meta.get("lora"):  # the same adapters as in training, so that the state dict fits
-        inject_lora(backbone, meta["lora"])
-    classes = meta["classes"]
-    head = make_head(backbone.num_features, len(classes), meta.get("head_dropout", 0.0))
-    module = FinetuneModule(backbone, head, len(classes), meta=meta)
+    record: ModelRecord = ckpt["ftlab"]
+    backbone = restore_backbone(record.backbone)
+    if record.lora:  # the same adapters as in training, so that the state dict fits
+        inject_lora(backbone, record.lora)
+    classes = record.classes
+    head = make_head(backbone.num_features, len(classes), record.head_dropout)
+    module = FinetuneModule(backbone, head, len(classes), record=record)
     check_state(ckpt, module, path)  # e.g. saved by another timm version that renamed layers
     module.load_state_dict(ckpt["state_dict"])
     return module, backbone
@@ -61,8 +65,9 @@ def export(cfg: DictConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file(cpu_state(model.state_dict()), out / "model.safetensors", metadata={"format": "pt"})
     save_file(cpu_state(module.head.state_dict()), out / "head.safetensors")
-    meta = {k: module.meta[k] for k in ("model", "classes", "head_dropout")}
-    (out / "ftlab.json").write_text(json.dumps({**meta, "lora_merged": module.meta.get("lora")}))
+    # The checkpoint's plain record, its adapters now folded into the weights.
+    record = replace(module.record, lora=None, lora_merged=module.record.lora)
+    (out / "ftlab.json").write_text(json.dumps(record.to_dict()))
     log.info("merged model written to %s", out)
     return out
 
@@ -79,7 +84,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     data = build_data(cfg.data, backbone.input_spec)
     data.prepare_data()
     data.setup("test")
-    trained_on = module.meta["classes"]
+    trained_on = module.record.classes
     if list(data.classes) != list(trained_on):
         raise FtlabError(
             f"data={cfg.data._target_.rsplit('.', 1)[-1]} has classes {list(data.classes)[:10]} "

@@ -17,6 +17,7 @@ from ftlab.finetuning import HEAD, Plan
 from ftlab.finetuning.features import FEATURES
 from ftlab.finetuning.freezing import param_groups, set_bn_modes
 from ftlab.finetuning.plan import LORA
+from ftlab.record import ModelRecord
 
 STAGES = ("train", "val", "test")
 
@@ -39,7 +40,7 @@ class FinetuneModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         scheduler_options: dict[str, Any] | None = None,
-        meta: dict[str, Any] | None = None,
+        record: ModelRecord | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -48,7 +49,7 @@ class FinetuneModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_options = scheduler_options or {}
-        self.meta = meta or {}  # rebuilds the model from a checkpoint (eval.py)
+        self.record = record  # what a checkpoint says about this model (ftlab.record)
         self.criterion = nn.CrossEntropyLoss()
         metrics = MetricCollection(
             {
@@ -144,4 +145,5 @@ class FinetuneModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ftlab"] = self.meta
+        # Plain values only: the model is rebuilt from them through ftlab's own builders.
+        checkpoint["ftlab"] = self.record.to_dict() if self.record else {}

@@ -29,6 +29,7 @@ from ftlab.loggers import build_loggers, finish
 from ftlab.module import FinetuneModule, make_head
 from ftlab.outputs import strip_prefix, write_json
 from ftlab.progress import progress_callbacks, quiet_lightning
+from ftlab.record import BackboneRecord, ModelRecord
 from ftlab.rundir import RunDir, claim_run_dir
 
 log = logging.getLogger("ftlab")
@@ -54,13 +55,14 @@ def build_model(cfg: DictConfig):
     data.prepare_data()
     data.setup("fit")
     head = make_head(backbone.num_features, data.num_classes, cfg.get("head_dropout", 0.0))
-    meta = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "classes": list(data.classes),
-        "head_dropout": cfg.get("head_dropout", 0.0),
-        "lora": lora,  # eval.py re-injects the same adapters before loading the weights
-    }
-    module = FinetuneModule(backbone, head, data.num_classes, meta=meta)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    record = ModelRecord(  # plain values: eval.py rebuilds the model from them, never from code
+        backbone=BackboneRecord.from_config(model, backbone.weights_id),
+        classes=list(data.classes),
+        head_dropout=float(cfg.get("head_dropout", 0.0)),
+        lora=lora,  # eval.py re-injects the same adapters before loading the weights
+    )
+    module = FinetuneModule(backbone, head, data.num_classes, record=record)
     named = dict(module.named_parameters())
     optimizer_cfg, _ = split_keys(cfg.optimizer, ())
     module.plan = build_plan(
@@ -153,7 +155,7 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
             trainer.test(module, datamodule=data, ckpt_path=best, verbose=False) if cfg.test else []
         )
         lora = None
-        if module.meta["lora"] and trainer.is_global_zero:  # the best weights' adapter, peft format
+        if module.record.lora and trainer.is_global_zero:  # the best weights' adapter, peft format
             lora = save_run_adapter(module, plan.trainable(last_phase or 0), run_dir / "adapter")
         extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
     trainable = plan.trainable_numel(last_phase or 0)

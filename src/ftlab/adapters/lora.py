@@ -13,17 +13,21 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ftlab.errors import FtlabError
 from ftlab.finetuning.plan import lora_settings
+from ftlab.record import parse_lora
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+# peft (and the transformers modules it pulls in, about 1 s) is imported only by the functions
+# that inject, save, load or merge adapters: a run without LoRA never imports it.
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ def add_lora(backbone: nn.Module, freeze: Mapping[str, Any]) -> dict[str, Any] |
     """Inject the adapters the ``freeze`` config asks for; return their settings (None: no LoRA).
 
     The settings hold the resolved module names, so :func:`inject_lora` rebuilds the same model
-    from a checkpoint's meta.
+    from a checkpoint's record (ftlab.record).
     """
     given = lora_settings(freeze)
     if given is None:
@@ -77,6 +81,8 @@ def add_lora(backbone: nn.Module, freeze: Mapping[str, Any]) -> dict[str, Any] |
 
 def inject_lora(backbone: nn.Module, settings: Mapping[str, Any], prefix: str = "freeze.") -> None:
     """Add adapters (settings from :func:`add_lora`) to ``backbone.model``, in place."""
+    from peft import inject_adapter_in_model
+
     try:
         inject_adapter_in_model(_config(settings), backbone.model, adapter_name=ADAPTER)
     except ValueError as err:  # e.g. a layer type peft has no LoRA for
@@ -92,6 +98,8 @@ def save_adapter(
 ) -> int:
     """Write the adapter in peft's format (what ``PeftModel.from_pretrained(model, out)`` reads)
     and the head beside it; return the adapter file's size in bytes."""
+    from peft.utils import get_peft_model_state_dict
+
     out.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(backbone.model, adapter_name=ADAPTER)
     state = {PEFT_PREFIX + k: v for k, v in state.items()}
@@ -105,13 +113,23 @@ def save_adapter(
 
 def load_adapter(backbone: nn.Module, directory: Path) -> None:
     """Inject and load an adapter written by :func:`save_adapter` into a fresh backbone."""
+    from peft.utils import set_peft_model_state_dict
+
     config = json.loads((directory / "adapter_config.json").read_text())
-    settings = {
-        "r": config["r"],
-        "alpha": config["lora_alpha"],
-        "dropout": config["lora_dropout"],
-        "target_modules": sorted(config["target_modules"]),
-    }
+    if not isinstance(config, dict):
+        raise FtlabError(f"{directory}/adapter_config.json is not a peft adapter config")
+    # Only these four plain values are used (checked like a checkpoint's record): a directory
+    # never chooses code, and peft's own from_pretrained is not called on it.
+    settings = parse_lora(
+        {
+            "r": config.get("r"),
+            "alpha": config.get("lora_alpha"),
+            "dropout": config.get("lora_dropout"),
+            "target_modules": sorted(config.get("target_modules") or []),
+        },
+        f"{directory}/adapter_config.json",
+        "lora",
+    )
     inject_lora(backbone, settings)
     state = load_file(directory / ADAPTER_FILE)
     plain = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
@@ -126,6 +144,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
     The merged model has the library's own parameter names and loads without peft.
     """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     for name, module in list(model.named_modules()):
         if isinstance(module, BaseTunerLayer):
             module.merge(safe_merge=True)
@@ -141,6 +161,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def _config(settings: Mapping[str, Any]) -> LoraConfig:
+    from peft import LoraConfig
+
     return LoraConfig(
         r=settings["r"],
         lora_alpha=settings["alpha"],
@@ -220,7 +242,7 @@ def _compile(pattern: str, prefix: str) -> re.Pattern[str]:
 def save_run_adapter(module: nn.Module, trained: set[str], out: Path) -> dict[str, Any]:
     """At the end of a LoRA run: write the adapter and head to ``out``; return what metrics.json
     records about them."""
-    settings = module.meta["lora"]
+    settings = module.record.lora
     size = save_adapter(module.backbone, module.head, settings, out)
     base = sorted(n for n in trained if n.startswith("backbone.") and not is_adapter_param(n))
     if base:

@@ -134,9 +134,8 @@ class RunEvaluation:
                 state = snapshot(self.module)
             path = run_dir / "wise_ft_best.ckpt"
             # The layout eval.py reads: python eval.py ckpt_path=<run>/wise_ft_best.ckpt
-            torch.save(
-                {"state_dict": state, "ftlab": self.module.meta, "wise_ft": {"alpha": best}}, path
-            )
+            record = self.module.record.to_dict()
+            torch.save({"state_dict": state, "ftlab": record, "wise_ft": {"alpha": best}}, path)
             result["best_checkpoint"] = str(path)
         log.info(
             "WiSE-FT: best α %.3g by val accuracy (table in %s)", best, run_dir / "wise_ft.csv"
