@@ -37,6 +37,9 @@ log = logging.getLogger("ftlab")
 # ftlab's own keys inside the optimizer and scheduler configs; torch never sees them.
 OPTIMIZER_KEYS = ("layer_decay", "lr_range")
 SCHEDULER_KEYS = ("interval", "monitor")
+# Lightning's own checkpoint loads: plain tensors and values only, never a pickle's code (the
+# file was checked by ftlab.checkpoints too; this also holds if it changed since).
+SAFE = {"weights_only": True}
 
 
 def split_keys(cfg: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[dict, dict]:
@@ -146,13 +149,15 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         log.info("resuming from %s", run.ckpt_path)
     identity = {"model": {"name": cfg.model.name}, "seed": cfg.seed}
     with recorded(trainer, run_dir, identity):  # metrics.json says interrupted or failed
-        trainer.fit(module, datamodule=cache.datamodule, ckpt_path=run.ckpt_path)
+        trainer.fit(module, datamodule=cache.datamodule, ckpt_path=run.ckpt_path, **SAFE)
         # Read the phase record before validate/test reload the best checkpoint.
         history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
         best = _best_checkpoint(trainer)
-        val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
+        val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
         test = (
-            trainer.test(module, datamodule=data, ckpt_path=best, verbose=False) if cfg.test else []
+            trainer.test(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
+            if cfg.test
+            else []
         )
         lora = None
         if module.record.lora and trainer.is_global_zero:  # the best weights' adapter, peft format
