@@ -271,3 +271,22 @@ def test_metrics_json_is_never_half_written(tmp_path):
     write_json(tmp_path / "metrics.json", {"status": "completed"})
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"status": "completed"}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_unbounded_epochs_with_a_schedule_that_needs_no_length(tmp_path):
+    """``trainer.max_epochs=-1``, stopped by ``max_time``: warmup_step gets no ``total_steps``
+    (Lightning's step estimate is inf, and used to reach ``int()``); cosine is refused at
+    composition (tests/test_numeric_keys.py)."""
+    overrides = [o for o in FAST if not o.startswith("trainer.max_epochs")]
+    done = run_cli(
+        "train.py",
+        *overrides,
+        "freeze=none",
+        "scheduler=warmup_step",
+        "scheduler.interval=step",
+        "trainer.max_epochs=-1",
+        "+trainer.max_time='00:00:00:02'",
+        run_dir=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_metrics(tmp_path)["status"] == "completed"

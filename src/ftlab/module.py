@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -107,12 +108,15 @@ class FinetuneModule(L.LightningModule):
         metrics = self.metrics[f"{stage}_"]
         metrics.update(logits.detach(), labels)
         on_step = stage == "train"
+        # Lightning reads a progress-bar value back to the host at every step (a sync on a
+        # GPU), bar or no bar: the running loss goes there only while a bar shows it.
+        bar = self._trainer is not None and self._trainer.progress_bar_callback is not None
         self.log(
             f"{stage}/loss",
             loss,
             on_step=on_step,
             on_epoch=True,
-            prog_bar=True,
+            prog_bar=bar or not on_step,
             sync_dist=not on_step,
             batch_size=labels.shape[0],
         )
@@ -137,8 +141,11 @@ class FinetuneModule(L.LightningModule):
         interval = self.scheduler_options.get("interval", "step")
         kwargs = {}
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
-            steps = self.trainer.estimated_stepping_batches
-            kwargs["total_steps"] = int(steps if interval == "step" else self.trainer.max_epochs)
+            steps = self.trainer.estimated_stepping_batches if interval == "step" else None
+            steps = self.trainer.max_epochs if steps is None else steps
+            # max_epochs=-1: no length. Schedules that need one are refused at composition
+            # (ftlab.config_checks); warmup_step takes the argument without using it.
+            kwargs["total_steps"] = int(steps) if 0 < steps < math.inf else None
         scheduler = {"scheduler": self.scheduler_factory(optimizer, **kwargs), "interval": interval}
         if self.scheduler_options.get("monitor"):
             scheduler["monitor"] = self.scheduler_options["monitor"]

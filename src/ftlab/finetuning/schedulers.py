@@ -40,9 +40,14 @@ def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25) -
 
 
 def warmup_then_step(
-    optimizer: Optimizer, total_steps: int, warmup: int = 1, step_size: int = 1, gamma: float = 0.5
+    optimizer: Optimizer,
+    total_steps: int | None = None,
+    warmup: int = 1,
+    step_size: int = 1,
+    gamma: float = 0.5,
 ) -> LRScheduler:
-    """SequentialLR: linear warmup for ``warmup`` steps, then StepLR."""
+    """SequentialLR: linear warmup for ``warmup`` steps, then StepLR (needs no run length, so
+    ``total_steps`` is ignored and may be None: ``trainer.max_epochs=-1``)."""
     warm = LambdaLR(optimizer, lambda s: (s + 1) / (warmup + 1))
     decay = StepLR(optimizer, step_size=step_size, gamma=gamma)
     return SequentialLR(optimizer, [warm, decay], milestones=[warmup])
