@@ -3,7 +3,9 @@ the root shims.
 
 Only Hydra is imported here, so composing a config (``--cfg job``) never imports torch. A bad
 input ends in one line on stderr that names the key or path, exit status 2, and no
-``metrics.json``; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+``metrics.json``; ``HYDRA_FULL_ERROR=1`` shows the traceback instead. Every number is checked
+(``ftlab.config_checks``) before the task, and so torch, is imported: by :class:`ConfigCheck`
+before Hydra writes the run directory or starts a sweep, and by :func:`_run` in each job.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import InterpolationValidationError
 
+from ftlab.config_checks import check_config
 from ftlab.errors import FtlabError, RunInterrupted
 
 USER_ERROR_EXIT = 2
@@ -83,10 +88,61 @@ def _record_failure(exc: BaseException, message: str | None) -> bool:
     return True
 
 
+def config_values(node: Any) -> Any:
+    """A config as plain values, leaving out the keys that cannot be resolved yet.
+
+    Before a job starts, ``${hydra:runtime.output_dir}`` and the like have no value; they hold
+    paths, not numbers, so the checks lose nothing by skipping them.
+    """
+    if isinstance(node, ListConfig):
+        return [config_values(item) for item in node]  # one unresolvable item skips the list
+    if not isinstance(node, DictConfig):
+        return node
+    out = {}
+    for key in node:
+        try:
+            out[key] = config_values(node[key])
+        except InterpolationValidationError as err:  # a value its typed key refuses: check it
+            out[key] = err.value
+        except Exception:  # an interpolation that resolves only inside the job
+            continue
+    return out
+
+
+class ConfigCheck(Callback):
+    """Hydra callback (conf/train.yaml, conf/eval.yaml): every number checked at composition.
+
+    It runs before Hydra creates the run directory or launches a sweep, so a bad value leaves
+    nothing behind and stops a sweep once rather than in every job. Values that a sweep varies
+    are checked per job, in :func:`_run`. (Hydra turns an exception in a callback into a warning,
+    hence the exit; with ``HYDRA_FULL_ERROR=1`` the check is left to ``_run``, which raises.)
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, sweep=False)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, sweep=True)  # the sweeper's and launcher's settings too
+
+    @staticmethod
+    def _check(config: DictConfig, sweep: bool) -> None:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return
+        values = config_values(config)
+        if not sweep:
+            values.pop("hydra", None)  # a launcher's settings apply only to a sweep
+        try:
+            check_config(values)
+        except FtlabError as err:
+            print(f"error: {one_line(str(err))}", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT)
+
+
 def _run(task: str, cfg: DictConfig) -> Any:
     module_name, func_name = task.split(":")
-    func: Callable[[DictConfig], Any] = getattr(import_module(module_name), func_name)
     try:
+        check_config(config_values(cfg))  # before importing the task: no torch for a bad number
+        func: Callable[[DictConfig], Any] = getattr(import_module(module_name), func_name)
         return func(cfg)
     except RunInterrupted as exc:
         # Not a failure of this job: the state is saved. A sweep stops too (SystemExit passes

@@ -26,6 +26,17 @@ def wandb_has_credentials() -> bool:
         return False
 
 
+def offline_note(save_dir: str | None, reason: str = "no API key configured") -> str:
+    """Where an offline wandb run is written, and the command that uploads it.
+
+    wandb writes the run to ``<save_dir>/wandb/offline-run-<time>-<id>/``. ``wandb sync`` takes
+    that directory (from wandb 0.30 also the ``wandb/`` one above it) and finds nothing to
+    upload when given ``<save_dir>`` itself.
+    """
+    runs = f"{save_dir or '.'}/wandb/offline-run-*"
+    return f"wandb: {reason}, logging offline to {runs} (upload later: `wandb sync {runs}`)"
+
+
 def build_loggers(cfg: Mapping[str, Any] | None) -> list[Logger]:
     loggers: list[Logger] = []
     for name, conf in (cfg or {}).items():
@@ -33,14 +44,12 @@ def build_loggers(cfg: Mapping[str, Any] | None) -> list[Logger]:
             continue
         kwargs: dict[str, Any] = {}
         if conf["_target_"].endswith("WandbLogger") and conf.get("offline") is None:
-            offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_has_credentials()
+            forced = os.environ.get("WANDB_MODE") == "offline"
+            offline = forced or not wandb_has_credentials()
             kwargs["offline"] = offline
             if offline:
-                log.info(
-                    "wandb: no API key configured, logging offline under %s/wandb "
-                    "(upload later with `wandb sync <run dir>`)",
-                    conf.get("save_dir"),
-                )
+                reason = "WANDB_MODE=offline" if forced else "no API key configured"
+                log.info(offline_note(conf.get("save_dir"), reason))
         if conf["_target_"].endswith("WandbLogger"):
             # A multirun job: its sweep as the wandb group, its overrides as tags.
             kwargs |= {k: v for k, v in wandb_context().items() if not conf.get(k)}

@@ -14,7 +14,7 @@ from ftlab.backbones.base import MODEL_PREFIX, Backbone, random_weights_id
 from ftlab.backbones.groups import LayerGroup, timm_layer_groups
 from ftlab.backbones.hub import first_line, hub_access
 from ftlab.backbones.names import unknown_name_error
-from ftlab.backbones.weights import load_timm_weights, resolve_weights
+from ftlab.backbones.weights import PACKAGE_PREFIX, load_timm_weights, resolve_weights
 from ftlab.errors import FtlabError
 from ftlab.specs import ImageSpec
 
@@ -97,7 +97,14 @@ def build_timm_backbone(
 ) -> TimmBackbone:
     """A timm backbone with hub weights, ``model.weights`` (file, dir, package) or random init."""
     if not pretrained:
-        if weights is not None:
+        if weights is not None and not weights.startswith(PACKAGE_PREFIX):
+            # A file the user named would be ignored (ftlab.config_checks refuses it earlier,
+            # when the config names source=timm; this covers source=auto).
+            raise FtlabError(
+                f"model.weights={weights!r} is ignored with model.pretrained=false (random init): "
+                "set model.pretrained=true to load it, or model.weights=null to start from random"
+            )
+        if weights is not None:  # the model config's packaged weights, turned off (scratch)
             log.info("model.pretrained=false: %s starts from random init, not %s", name, weights)
         return TimmBackbone(_create(name, False, extra), name, random_weights_id(name))
     if weights is not None:
