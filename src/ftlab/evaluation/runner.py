@@ -1,8 +1,15 @@
-"""What ``train`` evaluates around ``trainer.fit``: OOD sets, WiSE-FT and drift."""
+"""What ``train`` evaluates around ``trainer.fit``: OOD sets, WiSE-FT and drift.
+
+Each of the three shows its progress as training does (:class:`ftlab.progress.Progress`): a bar
+over its batches in a terminal, a line every ``LOG_EVERY_S`` seconds elsewhere, and in both one
+log line per finished part (an OOD set, the drift, an α) with its result and duration.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftlab.data.base import ClassificationDataModule
 from ftlab.evaluation.drift import linear_cka, merged_state, weight_change
-from ftlab.evaluation.loop import evaluate, pooled_features
+from ftlab.evaluation.loop import Limit, batch_limit, evaluate, feature_batches, pooled_features
 from ftlab.evaluation.ood import build_ood_sets
 from ftlab.evaluation.plots import plot_drift, plot_wise_ft
 from ftlab.evaluation.wise_ft import (
@@ -27,9 +34,11 @@ from ftlab.evaluation.wise_ft import (
 )
 from ftlab.finetuning import HEAD, Plan
 from ftlab.module import FinetuneModule
+from ftlab.progress import Progress
 
 log = logging.getLogger("ftlab")
 
+EvalSet = tuple[str, str, Any, Limit]  # (section: val | test | ood, name, loader, limit)
 CKA_SAMPLES = 256  # the first validation samples (within limit_val_batches), for the CKA
 LINEAR_PROBE_NOTE = (
     "the run began with a linear probe (phase 0 trains only the head): every α uses the "
@@ -67,7 +76,7 @@ class RunEvaluation:
         finetuned = snapshot(module.backbone)
         out: dict[str, Any] = {}
         if self.ood_sets:
-            out["ood"] = self._score(trainer, val=False, test=False)["ood"]
+            out["ood"] = self._ood(trainer)
         out["drift"] = self._drift(trainer, finetuned)
         plot_drift(out["drift"]["weight_change"], out["drift"]["cka"], run_dir / "drift.png")
         if self.alphas:
@@ -75,47 +84,117 @@ class RunEvaluation:
         _log(trainer, out)
         return out
 
-    def _score(self, trainer: L.Trainer, val: bool = True, test: bool = True) -> dict[str, Any]:
-        """Metrics of the module as it is now on val, test (when the run tests) and OOD sets."""
+    def _sets(self, trainer: L.Trainer, val_test: bool = True) -> list[EvalSet]:
+        """What a score evaluates: val and test (when the run tests), then every OOD set."""
+        sets: list[EvalSet] = []
+        if val_test:
+            sets.append(("val", "val", self.data.val_dataloader(), trainer.limit_val_batches))
+            if self.test:
+                test = self.data.test_dataloader()
+                sets.append(("test", "test", test, trainer.limit_test_batches))
+        sets += [("ood", s.name, s.loader, trainer.limit_test_batches) for s in self.ood_sets]
+        return sets
 
-        def run(loader: Any, limit: Any) -> dict[str, float]:
-            return evaluate(
-                self.module, loader, self.data.num_classes, limit, trainer.precision_plugin
+    def _score(
+        self, trainer: L.Trainer, sets: list[EvalSet], progress: Progress, label: str = ""
+    ) -> dict[str, Any]:
+        """Metrics of the module as it is now on ``sets``: ``{val, test, ood: {name: ...}}``."""
+        scores: dict[str, Any] = {"ood": {}}
+        for section, name, loader, limit in sets:
+            progress.step(f"{label}{name}")
+            metrics = evaluate(
+                self.module,
+                loader,
+                self.data.num_classes,
+                limit,
+                trainer.precision_plugin,
+                on_batch=progress.advance,
             )
+            if section == "ood":
+                scores["ood"][name] = metrics
+            else:
+                scores[section] = metrics
+        return scores
 
-        scores: dict[str, Any] = {}
-        if val:
-            scores["val"] = run(self.data.val_dataloader(), trainer.limit_val_batches)
-        if test and self.test:
-            scores["test"] = run(self.data.test_dataloader(), trainer.limit_test_batches)
-        scores["ood"] = {s.name: run(s.loader, trainer.limit_test_batches) for s in self.ood_sets}
+    def _ood(self, trainer: L.Trainer) -> dict[str, dict[str, float]]:
+        """Accuracy, F1 and loss on each OOD set, one log line per set."""
+        sets = self._sets(trainer, val_test=False)
+        scores: dict[str, dict[str, float]] = {}
+        with Progress("OOD sets", total=_batches(sets)) as progress:
+            for index, one in enumerate(sets, start=1):
+                started = time.perf_counter()
+                name = one[1]
+                scores[name] = self._score(trainer, [one], progress)["ood"][name]
+                log.info(
+                    "OOD set %d/%d %s: acc %.4f, f1 %.4f, loss %.4f (%.1f s)",
+                    index,
+                    len(sets),
+                    name,
+                    scores[name]["acc"],
+                    scores[name]["f1"],
+                    scores[name]["loss"],
+                    time.perf_counter() - started,
+                )
         return scores
 
     def _drift(self, trainer: L.Trainer, finetuned: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Weight change per layer group and feature CKA, pretrained vs fine-tuned."""
         backbone = self.module.backbone
+        loader, limit = self.data.val_dataloader(), trainer.limit_val_batches
+        started = time.perf_counter()
 
-        def features() -> torch.Tensor:
-            loader, limit = self.data.val_dataloader(), trainer.limit_val_batches
-            return pooled_features(backbone, loader, CKA_SAMPLES, limit, trainer.precision_plugin)
+        def features(progress: Progress, which: str) -> torch.Tensor:
+            progress.step(f"{which} features")
+            return pooled_features(
+                backbone,
+                loader,
+                CKA_SAMPLES,
+                limit,
+                trainer.precision_plugin,
+                on_batch=progress.advance,
+            )
 
-        weights, tuned = merged_state(backbone), features()
-        with loaded(backbone, self.pretrained, finetuned):
-            weights0, before = merged_state(backbone), features()
-        return {
+        with Progress("drift", total=2 * feature_batches(loader, CKA_SAMPLES, limit)) as progress:
+            weights, tuned = merged_state(backbone), features(progress, "fine-tuned")
+            with loaded(backbone, self.pretrained, finetuned):
+                weights0, before = merged_state(backbone), features(progress, "pretrained")
+        drift = {
             "weight_change": weight_change(weights0, weights, backbone.layer_groups()),
             # CKA compares sample similarities: it needs at least two samples.
             "cka": linear_cka(before, tuned) if len(tuned) > 1 else None,
             "cka_samples": len(tuned),
         }
+        cka = "n/a" if drift["cka"] is None else f"{drift['cka']:.4f}"
+        log.info(
+            "drift: CKA %s over %d val samples, weight change of %d layer groups (%.1f s)",
+            cka,
+            len(tuned),
+            len(drift["weight_change"]),
+            time.perf_counter() - started,
+        )
+        return drift
 
     def _wise_ft(
         self, trainer: L.Trainer, finetuned: dict[str, torch.Tensor], run_dir: Path
     ) -> dict[str, Any]:
         backbone = self.module.backbone
-        rows = sweep(
-            backbone, self.pretrained, finetuned, self.alphas, lambda: self._score(trainer)
-        )
+        sets, count, index = self._sets(trainer), len(self.alphas), itertools.count(1)
+        with Progress("WiSE-FT", total=count * _batches(sets)) as progress:
+
+            def score(alpha: float) -> dict[str, Any]:
+                started = time.perf_counter()
+                result = self._score(trainer, sets, progress, label=f"α={alpha:g} ")
+                log.info(
+                    "WiSE-FT α=%g (%d/%d): %s (%.1f s)",
+                    alpha,
+                    next(index),
+                    count,
+                    _accuracies(result),
+                    time.perf_counter() - started,
+                )
+                return result
+
+            rows = sweep(backbone, self.pretrained, finetuned, self.alphas, score)
         best = best_alpha(rows)
         result: dict[str, Any] = {
             "alphas": self.alphas,
@@ -141,6 +220,18 @@ class RunEvaluation:
             "WiSE-FT: best α %.3g by val accuracy (table in %s)", best, run_dir / "wise_ft.csv"
         )
         return result
+
+
+def _batches(sets: list[EvalSet]) -> int:
+    """The batches a score over ``sets`` reads (within the trainer's limits)."""
+    return sum(batch_limit(limit, len(loader)) for _, _, loader, limit in sets)
+
+
+def _accuracies(scores: dict[str, Any]) -> str:
+    """``val acc 0.91, test acc 0.90, gaussian_noise_3 acc 0.42`` from a score."""
+    named = [(key, scores[key]) for key in ("val", "test") if key in scores]
+    named += list(scores["ood"].items())
+    return ", ".join(f"{name} acc {metrics['acc']:.4f}" for name, metrics in named)
 
 
 def _log(trainer: L.Trainer, out: dict[str, Any]) -> None:

@@ -80,14 +80,14 @@ def sweep(
     pretrained: StateDict,
     finetuned: StateDict,
     alphas: Sequence[float],
-    score: Callable[[], dict[str, Any]],
+    score: Callable[[float], dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """One row per α: ``{alpha, val_acc, test_acc, ood: {name: acc}}`` from ``score()``,
+    """One row per α: ``{alpha, val_acc, test_acc, ood: {name: acc}}`` from ``score(α)``,
     which evaluates the module with the backbone at θ(α)."""
     rows = []
     for alpha in alphas:
         with loaded(backbone, interpolate(pretrained, finetuned, alpha), finetuned):
-            result = score()
+            result = score(alpha)
         rows.append(
             {
                 "alpha": alpha,
