@@ -18,6 +18,7 @@ import bench_frozen
 import bench_memory
 import bench_overhead
 import bench_startup
+import bench_syncs
 from common import quiet, write_results
 
 BENCHES = {
@@ -25,6 +26,7 @@ BENCHES = {
     "frozen": bench_frozen.run,
     "memory": bench_memory.run,
     "startup": bench_startup.run,
+    "syncs": bench_syncs.run,
 }
 
 

@@ -58,8 +58,19 @@ class FinetuneModule(L.LightningModule):
                 "f1": MulticlassF1Score(num_classes, average="macro"),
             }
         )
+        # Training steps update micro accuracy only, its argument checks off: on a GPU macro
+        # F1's bincount reads a device value back at every step (tests/test_host_syncs.py). The
+        # data modules checked the labels once, when they were read.
+        train = MetricCollection(
+            {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
+        )
         # ModuleDict keys are attributes: "train" would shadow nn.Module.train.
-        self.metrics = nn.ModuleDict({f"{s}_": metrics.clone(prefix=f"{s}/") for s in STAGES})
+        self.metrics = nn.ModuleDict(
+            {
+                "train_": train.clone(prefix="train/"),
+                **{f"{s}_": metrics.clone(prefix=f"{s}/") for s in STAGES if s != "train"},
+            }
+        )
 
     def layer_groups(self) -> list[tuple[str, tuple[str, ...]]]:
         """The backbone's groups (input first) plus the head, with module-level names.

@@ -48,6 +48,11 @@ class PhaseCallback(L.Callback):
         self.applied = state_dict["applied"]
         self.history = list(state_dict["history"])
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed mid-epoch gets no on_train_epoch_start for that epoch (Lightning skips it
+        # on a mid-epoch restart): enter its phase here, before the first step.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         phase = self.plan.phase_at(trainer.current_epoch)
         if phase == self.active:
