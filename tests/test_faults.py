@@ -18,7 +18,7 @@ import torch
 from conftest import FAST, ROOT, read_metrics, run_cli
 
 from ftlab.errors import FtlabError
-from ftlab.rundir import is_global_zero, resolve, resume_command
+from ftlab.rundir import is_global_zero, is_whole, resolve, resume_command
 
 TESTS = str(Path(__file__).parent)
 ENV = {"PYTHONPATH": TESTS}  # train.py imports test_faults.PauseAt from here
@@ -53,9 +53,16 @@ class PauseAt(L.Callback):
         self.marker.write_text(str(trainer.global_step))
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline and self.marker.exists():
-            if trainer.received_sigterm:
+            if signalled(trainer):
                 return
             time.sleep(0.02)
+
+
+def signalled(trainer) -> bool:
+    """Whether a SIGTERM reached this process: ftlab's handler sets ``preempted``
+    (ftlab.faults.Signals), Lightning's own sets ``received_sigterm``."""
+    connector = trainer._signal_connector
+    return bool(getattr(connector, "preempted", False) or trainer.received_sigterm)
 
 
 def pause(step: int, marker: Path, stage: str = "train") -> list[str]:
@@ -87,7 +94,13 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None
         time.sleep(0.05)
 
 
-def assert_same_results(run: dict, reference: dict) -> None:
+def assert_same_run(run_dir: Path, reference_dir: Path) -> None:
+    """The same metrics as the reference run and, bit for bit, the same final state.
+
+    The metrics are the best checkpoint's, which may predate an interruption; the final weights
+    and BatchNorm statistics (``last.ckpt``, written at the end of training) cannot.
+    """
+    run, reference = read_metrics(run_dir), read_metrics(reference_dir)
     assert run["status"] == "completed"
     for stage in ("val", "test"):
         for key in ("acc", "f1", "loss"):
@@ -96,15 +109,23 @@ def assert_same_results(run: dict, reference: dict) -> None:
                 key,
             )
     assert [p["unfrozen"] for p in run["phases"]] == [p["unfrozen"] for p in reference["phases"]]
+    assert Path(run["best_checkpoint"]).name == Path(reference["best_checkpoint"]).name
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    expected = torch.load(reference_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == expected["global_step"]
+    differ = [
+        k for k, v in expected["state_dict"].items() if not torch.equal(final["state_dict"][k], v)
+    ]
+    assert not differ, f"{len(differ)} tensors differ from the uninterrupted run's: {differ[:3]}"
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    """The uninterrupted run the resumed ones must match."""
+def reference(tmp_path_factory) -> Path:
+    """The directory of the uninterrupted run the resumed ones must match."""
     run_dir = tmp_path_factory.mktemp("reference")
     done = run_cli("train.py", *COMMON, run_dir=run_dir)
     assert done.returncode == 0, done.stderr[-3000:]
-    return read_metrics(run_dir)
+    return run_dir
 
 
 # (where the signal lands, after which global step; the step whose end saves and stops)
@@ -150,14 +171,14 @@ def test_sigterm_saves_exits_cleanly_and_resume_matches(tmp_path, reference, sta
         f"Restoring states from the checkpoint path at {run_dir.resolve()}/checkpoints/last.ckpt"
     )
     assert restored in (run_dir / "train.log").read_text()
-    assert_same_results(read_metrics(run_dir), reference)
+    assert_same_run(run_dir, reference)
 
 
 @pytest.mark.slow
 def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path, reference):
     marker = tmp_path / "paused"
     run_dir = tmp_path / "run"
-    every = ["callbacks.last_checkpoint.every_n_train_steps=3"]
+    every = ["callbacks.last_checkpoint.every_n_train_steps=2"]
     proc = start(*COMMON, *every, *pause(7, marker), run_dir=run_dir)
     wait_for(marker, proc)
     proc.kill()
@@ -165,7 +186,7 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path, reference):
     assert proc.returncode == -signal.SIGKILL
     assert not (run_dir / "metrics.json").exists()
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 6  # steps 3 and 6 were saved; only step 7 is lost
+    assert ckpt["global_step"] == 6  # steps 2, 4 (at the epoch's end), 6; only step 7 is lost
 
     resumed = run_cli("train.py", *COMMON, *every, "resume=true", run_dir=run_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -173,7 +194,7 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path, reference):
         f"Restoring states from the checkpoint path at {run_dir.resolve()}/checkpoints/last.ckpt"
     )
     assert restored in (run_dir / "train.log").read_text()
-    assert_same_results(read_metrics(run_dir), reference)
+    assert_same_run(run_dir, reference)
 
 
 # lr=1e30: the first update sends the weights to ~1e30, the next overflows them to inf, and the
@@ -270,9 +291,13 @@ def test_a_checkpoint_that_needs_code_to_unpickle_is_refused(tmp_path):
 
 
 def holding(run_dir: Path, *files: str) -> Path:
+    """``run_dir`` with these files; a ``.ckpt`` is a whole (tiny) torch archive."""
     for name in files:
         (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        (run_dir / name).write_text("{}")
+        if name.endswith(".ckpt"):
+            torch.save({"global_step": 1}, run_dir / name)
+        else:
+            (run_dir / name).write_text("{}")
     return run_dir
 
 
@@ -289,8 +314,36 @@ def test_resume_resolves_the_newest_checkpoint_and_a_requeued_slurm_job_resumes(
     assert resolve(run_dir, False, inside).ckpt_path == inside  # ckpt_path of this very run
 
 
-def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_again(tmp_path):
-    assert resolve(holding(tmp_path, "metrics.json"), True, None).ckpt_path is None
+NOTHING_SAVED = {
+    "interrupted before its first checkpoint": ["metrics.json"],
+    "killed before anything": [".hydra/config.yaml"],
+    "never started": [],
+}
+
+
+@pytest.mark.parametrize("files", NOTHING_SAVED.values(), ids=NOTHING_SAVED)
+def test_resume_with_nothing_saved_starts_from_the_beginning_and_says_so(tmp_path, files):
+    run = resolve(holding(tmp_path, *files), True, None)
+    assert run.ckpt_path is None
+    assert run.note == (
+        f"resume=true: nothing saved in {tmp_path} yet (no checkpoints/last.ckpt): "
+        "starting the run from the beginning"
+    )
+
+
+def test_a_torn_checkpoint_is_never_resumed_from(tmp_path):
+    """A checkpoint cut short at any byte is refused with one line, never loaded."""
+    whole = holding(tmp_path / "whole", "checkpoints/last.ckpt") / "checkpoints" / "last.ckpt"
+    data = whole.read_bytes()
+    assert is_whole(whole)
+    torn = tmp_path / "torn"
+    for cut in sorted({1, 100, len(data) // 2, len(data) - 22, len(data) - 1}):
+        last = torn / "checkpoints" / "last.ckpt"
+        last.parent.mkdir(parents=True, exist_ok=True)
+        last.write_bytes(data[:cut])
+        assert not is_whole(last), cut
+        with pytest.raises(FtlabError, match=r"last\.ckpt is not a whole checkpoint"):
+            resolve(torn, True, None)
 
 
 # (files in the run directory, resume, ckpt_path) -> the error
@@ -298,7 +351,6 @@ REFUSED = {
     "a finished run": (["metrics.json"], False, None, r"already holds a run \(metrics\.json\)"),
     "a killed run": (["checkpoints/last.ckpt"], False, None, "already holds a run"),
     "another run's ckpt_path": (["metrics.json"], False, "/elsewhere/last.ckpt", "already holds"),
-    "resume in an empty dir": ([], True, None, r"resume=true: hydra\.run\.dir=\S+ holds no run"),
     "resume and ckpt_path": ([], True, "x.ckpt", "resume=true and ckpt_path=x.ckpt are both set"),
 }
 

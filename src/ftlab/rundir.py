@@ -9,7 +9,12 @@
 - ``resume=true`` continues from the newest of ``checkpoints/last.ckpt`` and
   ``hpc_ckpt_*.ckpt``; ``ckpt_path=<file>`` from that file. A requeued SLURM job
   (``SLURM_RESTART_COUNT`` > 0, or an HPC checkpoint in the directory of a SLURM batch job:
-  Lightning's own rule) resumes the same way without asking.
+  Lightning's own rule) resumes the same way without asking. With nothing saved yet (a job
+  preempted before its first checkpoint) the run starts from the beginning, and says so.
+- A checkpoint is resumed from only if it is whole: ftlab writes them atomically
+  (``ftlab.faults.AtomicCheckpointIO``), and a file that is not a complete archive anyway (cut
+  short by a full disk, or by a writer that is not atomic) is refused, never loaded half. The
+  hidden ``.<name>.<pid>.partial`` files a killed writer leaves are removed on claiming.
 
 Only global rank 0 locks and checks: Lightning's DDP launcher re-runs ``train.py`` for the other
 ranks with the same ``hydra.run.dir``. Nothing here imports torch, so a refusal costs nothing.
@@ -18,10 +23,12 @@ ranks with the same ``hydra.run.dir``. Nothing here imports torch, so a refusal 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shlex
 import socket
 import sys
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +39,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ftlab.errors import FtlabError
+
+log = logging.getLogger("ftlab")
 
 LOCK_NAME = ".lock"
 LAST = Path("checkpoints") / "last.ckpt"  # also where a SIGTERM'd run saves (ftlab.faults)
@@ -48,6 +57,7 @@ class RunDir:
 
     path: Path
     ckpt_path: str | None = None
+    note: str | None = None  # logged when the run starts (a resume with nothing to resume)
 
 
 def is_global_zero() -> bool:
@@ -76,7 +86,32 @@ def slurm_requeued(run_dir: Path) -> bool:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
     found = [p for p in [run_dir / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+    if not is_whole(newest):
+        raise FtlabError(
+            f"resume=true: {newest} is not a whole checkpoint (it ends before its archive's "
+            "directory: written by a process killed mid-write, or the disk was full); move it "
+            "away to resume from an older one, or to start the run again"
+        )
+    return newest
+
+
+def is_whole(path: Path) -> bool:
+    """Whether ``path`` is a complete ``torch.save`` archive (a zip whose central directory, at
+    the very end, lists its pickle): a file cut short at any byte is not. Reads no tensor."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def remove_partials(run_dir: Path) -> None:
+    """Delete the hidden partial checkpoints a killed writer left (AtomicCheckpointIO)."""
+    for partial in [*run_dir.glob(".*.partial"), *run_dir.glob("checkpoints/.*.partial")]:
+        partial.unlink(missing_ok=True)
 
 
 def run_evidence(run_dir: Path) -> list[str]:
@@ -128,12 +163,13 @@ def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = Tr
         latest = latest_checkpoint(run_dir)
         if latest is not None:
             return RunDir(run_dir, str(latest))
-        if resume and not (run_dir / "metrics.json").is_file():
-            raise FtlabError(
-                f"resume=true: hydra.run.dir={run_dir} holds no run to resume (no {LAST}): "
-                "pass the interrupted run's directory as hydra.run.dir, or drop resume=true"
-            )
-        return RunDir(run_dir)  # stopped before its first checkpoint: start it again
+        # Stopped before its first checkpoint (a requeued job sets resume by itself): start it
+        # again, and say so, since a mistyped hydra.run.dir lands here too.
+        note = (
+            f"resume=true: nothing saved in {run_dir} yet (no {LAST}): "
+            "starting the run from the beginning"
+        )
+        return RunDir(run_dir, note=note)
     if evidence:
         raise _taken(run_dir, evidence)
     return RunDir(run_dir)
@@ -176,6 +212,7 @@ def claim(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = True
     except BaseException:
         os.close(fd)
         raise
+    remove_partials(run_dir)  # no writer is alive: this process holds the lock
     # Written only once every check passed, so a refused run leaves the note as it was.
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
@@ -204,6 +241,8 @@ def claim_run_dir(cfg: DictConfig) -> Iterator[RunDir]:
         return
     took = run_dir not in _held
     run = claim(run_dir, bool(cfg.get("resume")), cfg.get("ckpt_path"), check=_in_multirun())
+    if run.note and is_global_zero():
+        log.info("%s", run.note)
     try:
         yield run
     finally:

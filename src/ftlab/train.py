@@ -16,10 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from ftlab.adapters import add_lora, save_run_adapter
 from ftlab.checkpoints import check_resume
 from ftlab.data import build_data
+from ftlab.data.resumable import ExactResume
 from ftlab.devices import check_devices
 from ftlab.errors import FtlabError
 from ftlab.evaluation import RunEvaluation
-from ftlab.faults import FaultGuard, recorded
+from ftlab.faults import AtomicCheckpointIO, FaultGuard, preemptible, recorded
 from ftlab.finetuning import build_plan
 from ftlab.finetuning.callback import PhaseCallback
 from ftlab.finetuning.features import FeatureCache
@@ -98,7 +99,9 @@ def build_callbacks(cfg: Mapping[str, Any] | None) -> list[L.Callback]:
 
 def train(cfg: DictConfig) -> float | None:
     """One run in ``cfg.paths.output_dir``, locked for its lifetime (ftlab.rundir)."""
-    with claim_run_dir(cfg) as run:
+    identity = {"model": {"name": cfg.model.name}, "seed": cfg.seed}
+    # A SIGTERM before or between Lightning's loops ends as interrupted too (ftlab.faults).
+    with claim_run_dir(cfg) as run, preemptible(run.path, identity):
         return _train(cfg, run)
 
 
@@ -126,14 +129,17 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     phases = PhaseCallback(plan)
     cache = FeatureCache.from_config(cfg, plan, data)  # head-only epochs train on cached features
     show_bar, progress = progress_callbacks()
-    guard = FaultGuard(run_dir, plan)  # SIGTERM saves last.ckpt; a nan/inf loss stops the run
+    # SIGTERM saves last.ckpt; a nan/inf loss stops the run (both decided every N steps)
+    guard = FaultGuard(run_dir, plan, check_every=cfg.faults.check_every)
     callbacks = [*build_callbacks(cfg.get("callbacks")), phases, guard, *cache.callbacks, *progress]
+    callbacks.append(ExactResume())  # a mid-epoch checkpoint resumes exactly (data.resumable)
     loggers = build_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
         enable_progress_bar=show_bar,
+        plugins=[AtomicCheckpointIO()],  # a checkpoint is whole or absent, never torn
         **cache.trainer_kwargs,
     )
     total = sum(p.numel() for p in module.parameters())
