@@ -290,3 +290,11 @@ def test_unbounded_epochs_with_a_schedule_that_needs_no_length(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_metrics(tmp_path)["status"] == "completed"
+
+
+def test_logger_none_with_the_default_callbacks(tmp_path):
+    """Lightning refuses a LearningRateMonitor without a logger; logger=none drops it."""
+    done = run_cli("train.py", *FAST, "trainer.max_epochs=1", "logger=none", run_dir=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_metrics(tmp_path)["status"] == "completed"
+    assert "the lr monitor is off" in (tmp_path / "train.log").read_text()

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import yaml
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ftlab.adapters import add_lora, save_run_adapter
@@ -89,12 +89,20 @@ def attach_optimization(module: FinetuneModule, cfg: DictConfig) -> None:
     module.scheduler_factory = instantiate(scheduler_cfg) if scheduler_cfg.get("_target_") else None
 
 
-def build_callbacks(cfg: Mapping[str, Any] | None) -> list[L.Callback]:
-    return [
+def build_callbacks(cfg: Mapping[str, Any] | None, logging: bool = True) -> list[L.Callback]:
+    """The ``callbacks`` group's entries. Without a logger (``logger=none``) the lr monitor is
+    left out: Lightning refuses a LearningRateMonitor that has nowhere to log."""
+    callbacks = [
         instantiate(conf)
         for conf in (cfg or {}).values()
         if isinstance(conf, Mapping) and conf.get("_target_")
     ]
+    if not logging:
+        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+        if dropped:
+            log.info("logger=none: the lr monitor is off (it logs to a logger)")
+        callbacks = [c for c in callbacks if c not in dropped]
+    return callbacks
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -131,9 +139,10 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     show_bar, progress = progress_callbacks()
     # SIGTERM saves last.ckpt; a nan/inf loss stops the run (both decided every N steps)
     guard = FaultGuard(run_dir, plan, check_every=cfg.faults.check_every)
-    callbacks = [*build_callbacks(cfg.get("callbacks")), phases, guard, *cache.callbacks, *progress]
-    callbacks.append(ExactResume())  # a mid-epoch checkpoint resumes exactly (data.resumable)
     loggers = build_loggers(cfg.get("logger"))
+    own = build_callbacks(cfg.get("callbacks"), logging=bool(loggers))
+    # ExactResume: a mid-epoch checkpoint resumes exactly (ftlab.data.resumable)
+    callbacks = [*own, phases, guard, *cache.callbacks, *progress, ExactResume()]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
