@@ -53,6 +53,16 @@ def user_error(exc: BaseException) -> str | None:
     return None
 
 
+def say(line: str) -> None:
+    """Write one line to stderr in a single write: DDP ranks share the stream, and print()'s
+    separate writes of the text and its newline let two ranks' lines run together."""
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode())
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (captured)
+        sys.stderr.write(line + "\n")
+
+
 def one_line(message: str) -> str:
     """A message as one line; for an error re-raised from a DataLoader worker, the original.
 
@@ -134,7 +144,7 @@ class ConfigCheck(Callback):
         try:
             check_config(values)
         except FtlabError as err:
-            print(f"error: {one_line(str(err))}", file=sys.stderr)
+            say(f"error: {one_line(str(err))}")
             sys.exit(USER_ERROR_EXIT)
 
 
@@ -147,7 +157,7 @@ def _run(task: str, cfg: DictConfig) -> Any:
     except RunInterrupted as exc:
         # Not a failure of this job: the state is saved. A sweep stops too (SystemExit passes
         # Hydra's launcher), since the signal was meant for the whole process.
-        print(f"interrupted: {one_line(str(exc))}", file=sys.stderr)
+        say(f"interrupted: {one_line(str(exc))}")
         sys.exit(exc.exit_code)
     except Exception as exc:
         message = user_error(exc)
@@ -155,7 +165,7 @@ def _run(task: str, cfg: DictConfig) -> Any:
         # Hydra's launcher records a raised job as failed and runs the rest of the sweep.
         if message is None or multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {message}", file=sys.stderr)
+        say(f"error: {message}")
         sys.exit(USER_ERROR_EXIT)
 
 
