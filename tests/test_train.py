@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import yaml
 from conftest import FAST, read_metrics, run_cli
 from PIL import Image
 
@@ -153,9 +155,44 @@ def test_wandb_logs_offline_without_an_api_key(make_cfg, tmp_path, monkeypatch):
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
 
 
-def test_tensorboard_logger(make_cfg, tmp_path):
-    train(make_cfg(*FAST, "logger=tensorboard"))
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+def test_every_logger_records_the_run_settings(make_cfg, tmp_path, monkeypatch):
+    """W&B's config and TensorBoard's and the CSV logger's hparams hold the resolved settings
+    (flat keys, the chosen config groups, the schedule); TensorBoard's HPARAMS also the final
+    metrics. Each was {} before."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    train(
+        make_cfg(*FAST, "logger=[csv,tensorboard,wandb]", "strategy=gradual", "optimizer.lr=0.002")
+    )
+    metrics = check_metrics(tmp_path)
+    expected = {
+        "optimizer.lr": 0.002,
+        "freeze.name": "gradual",
+        "choice.strategy": "gradual",
+        "choice.model": "test_cnn",
+        "data.batch_size": 16,
+    }
+    for logger in ("csv", "tensorboard"):
+        hparams = yaml.safe_load((tmp_path / logger / "hparams.yaml").read_text())
+        assert hparams.items() >= expected.items(), (logger, hparams)
+        assert hparams["schedule.phases"] >= 2
+    # wandb 0.31 keeps an offline run's config only in its .wandb record log, as protobuf
+    # ConfigItems: the key, then its value as JSON, a tag and a length byte or three apart.
+    (log,) = (tmp_path / "wandb").glob("offline-run-*/*.wandb")
+    blob = log.read_bytes()
+    for key, value in expected.items():
+        item = re.escape(key.encode()) + rb".{1,4}" + re.escape(json.dumps(value).encode())
+        assert re.search(item, blob, re.S), key
+
+    board = EventAccumulator(str(tmp_path / "tensorboard"))  # every event file in it
+    board.Reload()
+    assert board.PluginTagToContent("hparams")  # the HPARAMS tab's experiment and session
+    # The hparams metrics are logged at step 0 (Lightning's TensorBoardLogger), beside test's own.
+    (final,) = [e for e in board.Scalars("test/acc") if e.step == 0]
+    assert final.value == pytest.approx(metrics["test"]["acc"])
 
 
 def test_seed_makes_runs_repeatable(make_cfg, tmp_path):

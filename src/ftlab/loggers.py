@@ -58,6 +58,34 @@ def build_loggers(cfg: Mapping[str, Any] | None) -> list[Logger]:
     return loggers
 
 
+def flat_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``group.key`` entries of numbers, flags and text (lists as text), the
+    form every logger can filter and compare runs by (W&B config, TensorBoard hparams)."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat |= flat_settings(value, f"{name}.")
+        elif value is None or isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:  # a list, or an empty mapping
+            flat[name] = str(value)
+    return flat
+
+
+def log_settings(
+    loggers: list[Logger], settings: Mapping[str, Any], metrics: Mapping[str, float] | None = None
+) -> None:
+    """Give every logger the run's settings; with ``metrics`` (the run's final numbers) also as
+    TensorBoard's hparams metrics, so its HPARAMS tab compares runs by them."""
+    flat = flat_settings(settings)
+    for logger in loggers:
+        if metrics is None:
+            logger.log_hyperparams(flat)
+        elif type(logger).__name__ == "TensorBoardLogger":
+            logger.log_hyperparams(flat, metrics=dict(metrics))
+
+
 def finish(loggers: list[Logger]) -> None:
     """Close wandb runs so each job of a multirun is its own run."""
     for logger in loggers:

@@ -21,12 +21,12 @@ from ftlab.devices import check_devices
 from ftlab.errors import FtlabError
 from ftlab.evaluation import RunEvaluation
 from ftlab.faults import AtomicCheckpointIO, FaultGuard, preemptible, recorded
-from ftlab.finetuning import build_plan
+from ftlab.finetuning import Plan, build_plan
 from ftlab.finetuning.callback import PhaseCallback
 from ftlab.finetuning.features import FeatureCache
 from ftlab.finetuning.freezing import bn_params
 from ftlab.finetuning.report import print_plan
-from ftlab.loggers import build_loggers, finish
+from ftlab.loggers import build_loggers, finish, log_settings
 from ftlab.module import FinetuneModule, make_head
 from ftlab.outputs import strip_prefix, write_json
 from ftlab.progress import progress_callbacks, quiet_lightning
@@ -105,6 +105,21 @@ def build_callbacks(cfg: Mapping[str, Any] | None, logging: bool = True) -> list
     return callbacks
 
 
+def run_settings(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
+    """What the loggers record about the run: the resolved config (paths left out), the config
+    group chosen for each of model, data, freeze, strategy, ... and the plan's phase starts."""
+    from hydra.core.hydra_config import HydraConfig
+
+    settings: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    for machine_specific in ("paths", "hydra"):
+        settings.pop(machine_specific, None)
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        settings["choice"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    settings["schedule"] = {"phases": len(plan.phases), "starts": [p.epoch for p in plan.phases]}
+    return settings
+
+
 def train(cfg: DictConfig) -> float | None:
     """One run in ``cfg.paths.output_dir``, locked for its lifetime (ftlab.rundir)."""
     identity = {"model": {"name": cfg.model.name}, "seed": cfg.seed}
@@ -140,6 +155,8 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     # SIGTERM saves last.ckpt; a nan/inf loss stops the run (both decided every N steps)
     guard = FaultGuard(run_dir, plan, check_every=cfg.faults.check_every)
     loggers = build_loggers(cfg.get("logger"))
+    settings = run_settings(cfg, plan)
+    log_settings(loggers, settings)  # filter and compare runs by them in W&B and TensorBoard
     own = build_callbacks(cfg.get("callbacks"), logging=bool(loggers))
     # ExactResume: a mid-epoch checkpoint resumes exactly (ftlab.data.resumable)
     callbacks = [*own, phases, guard, *cache.callbacks, *progress, ExactResume()]
@@ -179,6 +196,9 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
             lora = save_run_adapter(module, plan.trainable(last_phase or 0), run_dir / "adapter")
         extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
     trainable = plan.trainable_numel(last_phase or 0)
+    log_settings(
+        loggers, settings, metrics={**(val[0] if val else {}), **(test[0] if test else {})}
+    )
     finish(loggers)
 
     metrics = {
