@@ -55,7 +55,7 @@ def export(cfg: DictConfig) -> Path:
 
     Writes ``<output_dir>/merged/``: ``model.safetensors`` (the library model's own parameter
     names: ``timm.create_model(name, num_classes=0)`` or the Hugging Face model load it without
-    peft), ``head.safetensors`` and ``ftlab.json`` (model config and classes).
+    peft), ``head.safetensors`` and ``ftlab.json`` (the plain model record, ftlab.record).
     """
     if cfg.export not in EXPORTS:
         raise FtlabError(f"export={cfg.export} is unknown: use export=merged")
