@@ -452,10 +452,12 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 class Barrier(L.Callback):
     """Holds each process in ``setup`` until ``parties`` processes have reached it, so that they
-    go on to compute the same features at the same moment."""
+    go on to compute the same features at the same moment; then slows every backbone forward by
+    ``slow`` seconds, so that the computing job still holds the lock when the other, however
+    late a loaded machine makes it, asks for it."""
 
-    def __init__(self, dir: str, parties: int = 2) -> None:
-        self.dir, self.parties = Path(dir), parties
+    def __init__(self, dir: str, parties: int = 2, slow: float = 0.3) -> None:
+        self.dir, self.parties, self.slow = Path(dir), parties, slow
 
     def setup(self, trainer, pl_module, stage):
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -465,6 +467,7 @@ class Barrier(L.Callback):
             if time.monotonic() > deadline:
                 raise TimeoutError("the other job never reached the barrier")
             time.sleep(0.02)
+        pl_module.backbone.register_forward_pre_hook(lambda *_: time.sleep(self.slow))
 
 
 @pytest.mark.slow
