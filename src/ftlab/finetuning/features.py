@@ -46,6 +46,7 @@ from safetensors.torch import load, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ftlab.checkpoints import first_line
 from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FtlabError
 from ftlab.finetuning.plan import HEAD, Plan
@@ -367,7 +368,7 @@ def read_features(
     try:
         return _verified(blob, key, samples)
     except (SafetensorError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         log.warning("cached features %s are unusable (%s): deleted, computed again", path, reason)
         try:
             now = os.stat(path)
