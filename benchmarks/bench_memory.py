@@ -42,7 +42,7 @@ RUN = [
     "seed=0",
     "logger=none",
     "callbacks=none",
-    "+trainer.enable_checkpointing=false",
+    "trainer.enable_checkpointing=false",
     "+callbacks.bench.exit_at_end=true",  # skip the post-fit validate and evaluations
 ]
 CASES = {

@@ -41,7 +41,6 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from ftlab.faults import FaultGuard
-from ftlab.finetuning.callback import PhaseCallback
 from ftlab.finetuning.freezing import apply_trainable, checksum, param_groups
 
 CASES = {
@@ -111,10 +110,11 @@ def measure(
     # Alternate first: its marks sit outside PhaseCallback's phase entry and final checksum.
     callbacks: list[L.Callback] = [alternate]
     run_dir = Path(tempfile.mkdtemp(prefix="ftlab-overhead-"))  # FaultGuard's, on SIGTERM only
-    if side == "ftlab":
-        callbacks += [PhaseCallback(ours.plan), FaultGuard(run_dir, ours.plan)]
-    else:  # what PhaseCallback does at phase 0's entry, done once before fit
+    if side == "ftlab":  # the module adds its own PhaseCallback (configure_callbacks)
+        callbacks += [FaultGuard(run_dir, ours.plan)]
+    else:  # what PhaseCallback does at phase 0's entry, done once before fit; no callback
         apply_trainable(ours, ours.plan.trainable(0))
+        ours.phases = None
     start = time.perf_counter()
     trainer = L.Trainer(
         max_epochs=1 + repeats,

@@ -212,18 +212,18 @@ def run_plain(overrides: Sequence[str], skip: int, steps: int) -> list[dict]:
 
 
 def plain_lightning(out: str, skip: int, steps: int, overrides: Sequence[str]) -> None:
-    """ftlab's module (``build_model``, ``attach_optimization``) in ``Trainer(**cfg.trainer)``."""
+    """ftlab's module (``compose.model_and_data``: it brings its own phase callback) in
+    ``Trainer(**cfg.trainer)``."""
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import CSVLogger
 
-    from ftlab.train import attach_optimization, build_model
+    from ftlab.compose import model_and_data
 
     quiet()
     workdir = Path(out).parent
     cfg = compose(overrides, workdir / "plain-run")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module, data = build_model(cfg)
-    attach_optimization(module, cfg)
+    module, data = model_and_data(cfg)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         default_root_dir=str(workdir / "plain-run"),

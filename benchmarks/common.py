@@ -85,25 +85,13 @@ def interleaved(cases: dict[str, Callable[[], None]], repeats: int) -> dict[str,
 
 
 def build_module(model: str, freeze: str, image_size: int, num_classes: int = 10, **opt):
-    """A FinetuneModule with its plan, as ``train`` builds it (timm, random init)."""
-    from ftlab.backbones import build_backbone
-    from ftlab.finetuning import build_plan
-    from ftlab.finetuning.freezing import bn_params
-    from ftlab.module import FinetuneModule, make_head
+    """ftlab's classifier through its plain-Python API (timm, random init): built whole, plan
+    and phase callback included."""
+    import ftlab
 
-    backbone = build_backbone(model, source="timm", pretrained=False)
-    head = make_head(backbone.num_features, num_classes)
-    module = FinetuneModule(backbone, head, num_classes)
-    module.plan = build_plan(
-        {"name": freeze},
-        module.layer_groups(),
-        dict(module.named_parameters()),
-        {"lr": 1e-3, "weight_decay": 0.05, **opt},
-        module.no_weight_decay(),
-        bn_params(module),
-    )
-    module.optimizer_factory = lambda groups: torch.optim.AdamW(groups, lr=1e-3)
-    return module
+    backbone = ftlab.build_backbone(model, source="timm", pretrained=False)
+    optimization = ftlab.Optimization(lr=1e-3, weight_decay=0.05, **opt)
+    return ftlab.Classifier(backbone, num_classes, freeze=freeze, optimization=optimization)
 
 
 def write_results(name: str, records: list[dict], **extra: Any) -> Path:
@@ -267,20 +255,18 @@ def compose(overrides: Sequence[str], output_dir: str | Path):
 
 
 def fit_ftlab(cfg, callbacks: Sequence[L.Callback] = ()) -> tuple[Any, L.Trainer]:
-    """``ftlab.train``'s model and optimization (build_model, attach_optimization, the plan's
-    PhaseCallback) fitted by the configured Trainer, without loggers, checkpoints or the
+    """``ftlab.train``'s module (``compose.model_and_data``: built whole, it brings its own
+    phase callback) fitted by the configured Trainer, without loggers, checkpoints or the
     evaluations around fit. Returns ``(module, trainer)``."""
     from hydra.utils import instantiate
 
-    from ftlab.finetuning.callback import PhaseCallback
-    from ftlab.train import attach_optimization, build_model
+    from ftlab.compose import model_and_data
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module, data = build_model(cfg)
-    attach_optimization(module, cfg)
+    module, data = model_and_data(cfg)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[PhaseCallback(module.plan), *callbacks],
+        callbacks=list(callbacks),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

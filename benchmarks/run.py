@@ -18,6 +18,7 @@ import bench_frozen
 import bench_memory
 import bench_overhead
 import bench_startup
+import bench_sweep_cache
 import bench_syncs
 from common import quiet, write_results
 
@@ -27,6 +28,7 @@ BENCHES = {
     "memory": bench_memory.run,
     "startup": bench_startup.run,
     "syncs": bench_syncs.run,
+    "sweep_cache": bench_sweep_cache.run,
 }
 
 

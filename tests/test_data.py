@@ -339,6 +339,7 @@ def test_image_folder_errors_name_the_key(tmp_path, layout, key, match):
 # -- text -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # tokenizes BBC News (its module fixture)
 def test_bbc_news_counts_and_batches(bbc):
     assert bbc.classes == ["business", "entertainment", "politics", "sports", "tech"]
     assert sum(split_sizes(bbc).values()) == 2225
@@ -351,6 +352,7 @@ def test_bbc_news_counts_and_batches(bbc):
     assert (inputs["input_ids"][:, 0] == 101).all()  # [CLS]
 
 
+@pytest.mark.slow  # tokenizes BBC News twice more
 def test_bbc_news_split_is_fixed(bbc, text_spec):
     again = ready(BBCNewsDataModule(text_spec, max_length=48))
     assert np.array_equal(bbc.split_indices["test"], again.split_indices["test"])

@@ -160,7 +160,7 @@ CATALOGUE = {
     "fractional batch size": Bad(["data.batch_size=3.5"], r"data\.batch_size=3\.5 must be an integer >= 1, e\.g\. data\.batch_size=32$"),
     "fractional epoch count": Bad(["trainer.max_epochs=2.5"], r"trainer\.max_epochs=2\.5 must be an integer >= 1, -1 \(no limit\) or null, e\.g\. trainer\.max_epochs=10$"),
     "fractional unfreeze interval": Bad(["freeze.every=1.5"], r"freeze\.every=1\.5 must be an integer >= 1, e\.g\. freeze\.every=1$"),
-    "dropout above 1": Bad(["head_dropout=1.5"], r"head_dropout=1\.5 must be a number in \[0, 1\), e\.g\. head_dropout=0\.1$"),
+    "dropout above 1": Bad(["module.head.dropout=1.5"], r"module\.head\.dropout=1\.5 must be a number in \[0, 1\), e\.g\. module\.head\.dropout=0\.1$"),
     "LoRA dropout above 1": Bad(["freeze=lora", "freeze.dropout=1.5"], r"freeze\.dropout=1\.5 must be a number in \[0, 1\)"),
     "beta above 1": Bad(["optimizer.betas=[0.9,1.5]"], r"optimizer\.betas=\[0\.9,1\.5\] must be two numbers in \[0, 1\), e\.g\. optimizer\.betas=\[0\.9,0\.999\]$"),
     "no epoch limit under a cosine schedule": Bad(["trainer.max_epochs=-1"], r"trainer\.max_epochs=-1 gives the run no end, but scheduler=cosine spans the whole run: .*e\.g\. trainer\.max_epochs=10"),
@@ -197,6 +197,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@pytest.mark.slow  # ~50 runs of train.py/eval.py in forked processes (~45 s on 2 loaded cores)
 @pytest.mark.parametrize("bad", list(CATALOGUE.values()), ids=list(CATALOGUE))
 def test_bad_input_gives_one_line_and_no_metrics(tmp_path, inputs, bad):
     overrides = command(bad, inputs)  # builds the inputs it names first
@@ -220,6 +221,7 @@ def test_a_fresh_interpreter_prints_only_the_error_line(tmp_path):
     ]
 
 
+@pytest.mark.slow  # train.py in forked processes (the fork server imports torch first)
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
@@ -235,6 +237,7 @@ def test_unknown_config_option_or_key_is_hydras_clear_error(tmp_path, override, 
     assert not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.slow  # train.py in a forked process (the fork server imports torch first)
 def test_full_traceback_on_request(tmp_path):
     done = run_cli_warm(
         "train.py", *FAST_CLI, "optimizer.lr=-1", run_dir=tmp_path, env={"HYDRA_FULL_ERROR": "1"}
@@ -242,6 +245,7 @@ def test_full_traceback_on_request(tmp_path):
     assert done.returncode != 0 and "Traceback" in done.stderr
 
 
+@pytest.mark.slow  # train.py runs in forked processes, one with a loader worker
 @pytest.mark.parametrize("workers", [0, 1])
 def test_skip_corrupt_skips_and_counts_unreadable_images(tmp_path, inputs, workers):
     """Loader workers flag skipped files in shared memory, so the count reaches metrics.json."""
@@ -263,6 +267,7 @@ def test_skip_corrupt_skips_and_counts_unreadable_images(tmp_path, inputs, worke
     assert "skipped 1 unreadable image(s)" in log and "bad.jpg" in log
 
 
+@pytest.mark.slow  # train.py in a forked process, from a checkpoint
 def test_a_checkpoint_of_the_same_model_resumes(tmp_path, inputs):
     """The check lets a matching checkpoint through (resume itself: test_finetuning)."""
     overrides = [o for o in FAST_CLI if not o.startswith(("model=", "trainer.max_epochs"))]
@@ -279,6 +284,7 @@ def test_a_checkpoint_of_the_same_model_resumes(tmp_path, inputs):
     assert read_metrics(tmp_path)["status"] == "completed"
 
 
+@pytest.mark.slow  # its checkpoint is trained by train.py in a forked process
 def test_resume_check_names_classes_and_keys(tmp_path, inputs):
     from ftlab.checkpoints import check_resume, load_checkpoint
     from ftlab.errors import FtlabError

@@ -16,6 +16,7 @@ from conftest import FAST, ROOT, read_metrics
 from torch import nn
 
 from ftlab.backbones.groups import LayerGroup
+from ftlab.compose import model_and_data as build_model
 from ftlab.data import DigitsDataModule, TextCSVDataModule
 from ftlab.errors import FtlabError
 from ftlab.evaluate import load_checkpoint
@@ -25,7 +26,7 @@ from ftlab.evaluation.ood import build_ood_sets
 from ftlab.evaluation.shifts import IMAGE_SHIFTS, TEXT_SHIFTS, ShiftedImages, shift_texts
 from ftlab.evaluation.wise_ft import check_alphas, interpolate, snapshot
 from ftlab.specs import ImageSpec, TextSpec
-from ftlab.train import build_model, train
+from ftlab.train import train
 
 SPEC = ImageSpec(size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -252,6 +253,7 @@ def direct_scores(module, data, ood_sets) -> dict:
     }
 
 
+@pytest.mark.slow  # a run, then OOD sets, the WiSE-FT curve and drift
 def test_fine_tuning_run_reports_ood_wise_ft_and_drift(make_cfg, tmp_path):
     cfg = make_cfg(
         *FAST,

@@ -19,11 +19,11 @@ import lightning as L
 import pytest
 import torch
 from conftest import FAST, ROOT
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
 from ftlab.backbones import build_backbone
+from ftlab.compose import model_and_data as build_model
 from ftlab.data import build_data
 from ftlab.errors import FtlabError
 from ftlab.finetuning import build_plan
@@ -38,7 +38,7 @@ from ftlab.finetuning.features import (
     write_features,
 )
 from ftlab.finetuning.freezing import apply_trainable
-from ftlab.train import build_model, train
+from ftlab.train import train
 
 # Whole splits (a cache is only used when every batch is visited), kept small.
 WHOLE = [
@@ -69,6 +69,7 @@ class Inputs(L.Callback):
         )
 
 
+PROBE = "linear_probe"  # a freeze spec with the defaults: cache on, head_solver auto
 INPUTS = ["+callbacks.inputs._target_=test_feature_cache.Inputs"]
 
 
@@ -85,9 +86,10 @@ def _run(make_cfg, tmp_path, *overrides: str) -> tuple[dict, dict]:
     return metrics, state
 
 
+@pytest.mark.slow  # several runs, with and without the cache
 def test_linear_probe_on_cached_features_learns_the_same_head(make_cfg, tmp_path):
     # dropout: the same masks too; no L-BFGS, which only runs on cached features
-    common = ["freeze=linear_probe", "head_dropout=0.3", "freeze.head_solver=none", *INPUTS]
+    common = ["freeze=linear_probe", "module.head.dropout=0.3", "freeze.head_solver=none", *INPUTS]
     off, off_state = _run(make_cfg, tmp_path, *common, "freeze.cache_features=false")
     computed, computed_state = _run(make_cfg, tmp_path, *common)
     disk, disk_state = _run(make_cfg, tmp_path, *common)
@@ -111,6 +113,7 @@ def test_linear_probe_on_cached_features_learns_the_same_head(make_cfg, tmp_path
     assert computed["val"]["acc"] == pytest.approx(off["val"]["acc"])
 
 
+@pytest.mark.slow  # a run, then a stopped and a resumed one
 def test_lp_ft_switches_to_images_at_the_boundary_and_resumes_exactly(make_cfg, tmp_path):
     common = ["freeze=lp_ft", "freeze.lp_epochs=2", "freeze.head_solver=lbfgs"]
     common += ["trainer.max_epochs=3", *INPUTS]
@@ -138,7 +141,7 @@ def test_lp_ft_switches_to_images_at_the_boundary_and_resumes_exactly(make_cfg, 
 def _digits(image_size: int = 32, **keys) -> object:
     backbone_spec = build_backbone("test_resnet", source="timm", pretrained=False).input_spec
     config = {"_target_": "ftlab.data.DigitsDataModule", "image_size": image_size, **keys}
-    return build_data(OmegaConf.create(config), backbone_spec)
+    return build_data(config, backbone_spec)
 
 
 def test_cache_key_changes_with_weights_data_transform_and_split():
@@ -189,8 +192,8 @@ class _Data:
 def test_cache_is_used_only_where_valid_and_says_why(toy_plan):
     trainer = {"limit_train_batches": 1.0, "limit_val_batches": 1.0}
     probe, data = toy_plan(name="linear_probe"), _Data()
-    assert plan_cache(probe, {}, data, trainer).until_epoch is None
-    lp_ft = plan_cache(toy_plan(name="lp_ft", lp_epochs=3), {}, data, trainer)
+    assert plan_cache(probe, PROBE, data, trainer).until_epoch is None
+    lp_ft = plan_cache(toy_plan(name="lp_ft", lp_epochs=3), PROBE, data, trainer)
     assert (lp_ft.until_epoch, lp_ft.splits, lp_ft.cached(2), lp_ft.cached(3)) == (
         3,
         ("train", "val"),
@@ -198,16 +201,16 @@ def test_cache_is_used_only_where_valid_and_says_why(toy_plan):
         False,
     )
     val_limited = {"limit_train_batches": None, "limit_val_batches": 5}
-    assert plan_cache(probe, {}, data, val_limited).splits == ("train",)
+    assert plan_cache(probe, PROBE, data, val_limited).splits == ("train",)
 
     augmenting = _Data()
     augmenting.augment = True
     reasons = {
-        "off": plan_cache(probe, {"cache_features": False}, data, trainer),
-        "full": plan_cache(toy_plan(name="none"), {}, data, trainer),
-        "bn": plan_cache(toy_plan(name="linear_probe", bn="train"), {}, data, trainer),
-        "augment": plan_cache(probe, {}, augmenting, trainer),
-        "limit": plan_cache(probe, {}, data, {"limit_train_batches": 3}),
+        "off": plan_cache(probe, {"name": "linear_probe", "cache_features": False}, data, trainer),
+        "full": plan_cache(toy_plan(name="none"), PROBE, data, trainer),
+        "bn": plan_cache(toy_plan(name="linear_probe", bn="train"), PROBE, data, trainer),
+        "augment": plan_cache(probe, PROBE, augmenting, trainer),
+        "limit": plan_cache(probe, PROBE, data, {"limit_train_batches": 3}),
     }
     assert not any(r.used for r in reasons.values())
     assert reasons["off"].reason == "freeze.cache_features=false"
@@ -220,30 +223,32 @@ def test_cache_is_used_only_where_valid_and_says_why(toy_plan):
     assert "trainer.limit_train_batches=3" in reasons["limit"].reason
 
     with pytest.raises(FtlabError, match=r"freeze\.cache_features=yes must be true or false"):
-        plan_cache(probe, {"cache_features": "yes"}, data, trainer)
+        plan_cache(probe, {"name": "linear_probe", "cache_features": "yes"}, data, trainer)
     with pytest.raises(FtlabError, match="head_solver=lbfgs fits the head on cached features"):
-        solver_name({"head_solver": "lbfgs"}, reasons["augment"])
+        solver_name({"name": "linear_probe", "head_solver": "lbfgs"}, reasons["augment"])
     with pytest.raises(FtlabError, match="head_solver='adam' is unknown: use auto, lbfgs or none"):
-        solver_name({"head_solver": "adam"}, plan_cache(probe, {}, data, trainer))
+        solver_name(
+            {"name": "linear_probe", "head_solver": "adam"}, plan_cache(probe, PROBE, data, trainer)
+        )
 
 
 def test_head_solver_auto_fits_every_cached_probe_and_says_when_it_cannot(toy_plan, caplog):
     trainer = {"limit_train_batches": None, "limit_val_batches": None}
-    cached = plan_cache(toy_plan(name="linear_probe"), {}, _Data(), trainer)
-    uncached = plan_cache(toy_plan(name="linear_probe"), {}, _Data(), {"limit_train_batches": 3})
-    full = plan_cache(toy_plan(name="none"), {}, _Data(), trainer)
+    cached = plan_cache(toy_plan(name="linear_probe"), PROBE, _Data(), trainer)
+    uncached = plan_cache(toy_plan(name="linear_probe"), PROBE, _Data(), {"limit_train_batches": 3})
+    full = plan_cache(toy_plan(name="none"), PROBE, _Data(), trainer)
     assert (cached.head_only, uncached.head_only, full.head_only) == (True, True, False)
     with caplog.at_level(logging.WARNING, logger="ftlab"):
         resolved = {
-            "default": solver_name({}, cached),
-            "auto": solver_name({"head_solver": "auto"}, cached),
-            "lbfgs": solver_name({"head_solver": "lbfgs"}, cached),
-            "none": solver_name({"head_solver": "none"}, cached),
-            "null": solver_name({"head_solver": None}, cached),
-            "auto, full fine-tuning": solver_name({}, full),
+            "default": solver_name(PROBE, cached),
+            "auto": solver_name({"name": "linear_probe", "head_solver": "auto"}, cached),
+            "lbfgs": solver_name({"name": "linear_probe", "head_solver": "lbfgs"}, cached),
+            "none": solver_name({"name": "linear_probe", "head_solver": "none"}, cached),
+            "null": solver_name({"name": "linear_probe", "head_solver": None}, cached),
+            "auto, full fine-tuning": solver_name(PROBE, full),
         }
         assert not caplog.records  # nothing to say: either fitted, or no probe to fit
-        resolved["auto, uncached probe"] = solver_name({}, uncached)
+        resolved["auto, uncached probe"] = solver_name(PROBE, uncached)
     assert resolved == {
         "default": "lbfgs",
         "auto": "lbfgs",
@@ -271,6 +276,7 @@ def test_lbfgs_fits_a_probe_far_better_than_an_untrained_head():
     assert (head(features).argmax(1) == labels).float().mean() > 0.95
 
 
+@pytest.mark.slow  # MiniLM on BBC News
 def test_frozen_backbone_runs_in_eval_mode_so_its_outputs_are_fixed(make_cfg):
     cfg = make_cfg("model=minilm", "data=bbc_news", "data.max_length=32", "freeze=linear_probe")
     module, data = build_model(cfg)
@@ -317,6 +323,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow  # two runs per damage
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_cache_file_is_logged_deleted_and_recomputed(make_cfg, tmp_path, caplog, damage):
     first, first_state = _run(make_cfg, tmp_path, "freeze=linear_probe")

@@ -9,7 +9,7 @@ from typing import ClassVar
 import lightning as L
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, read_metrics
 
 from ftlab.train import train
 
@@ -140,6 +140,7 @@ def _final_state(run_dir) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+@pytest.mark.slow  # three runs: through, stopped, resumed
 def test_resume_after_a_phase_change_matches_an_uninterrupted_run(make_cfg, tmp_path):
     common = [*FAST, "freeze=gradual", "trainer.max_epochs=3", "deterministic=true"]
     full = make_cfg(*common)
@@ -174,21 +175,75 @@ def test_resume_after_a_phase_change_matches_an_uninterrupted_run(make_cfg, tmp_
     )
 
 
-@pytest.mark.parametrize("freeze", ["gradual", "lp_ft", "bottom_k"])
-@pytest.mark.parametrize(
-    "model",
-    [
-        ["model=test_cnn"],
-        ["model=test_vit"],
+class GroupProbe(L.Callback):
+    """Records, at each epoch's first step, which layer groups train (every parameter requires
+    grad; a group half trainable is recorded as such) and how many elements train."""
+
+    runs: ClassVar[list[GroupProbe]] = []
+
+    def __init__(self) -> None:
+        self.training: list[list[str]] = []  # per epoch: the groups training, input to head
+        self.numel: list[int] = []
+        GroupProbe.runs.append(self)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx:
+            return
+        params = dict(pl_module.named_parameters())
+        row = []
+        for group, names in pl_module.layer_groups():
+            trains = {params[name].requires_grad for name in names}
+            if trains == {True}:
+                row.append(group)
+            elif trains == {True, False}:
+                row.append(f"{group} (partly)")
+        self.training.append(row)
+        self.numel.append(sum(p.numel() for p in params.values() if p.requires_grad))
+
+
+# Each family's backbone layer groups, input first (the head comes after them).
+FAMILIES = {
+    "cnn_bn": (["model=test_cnn"], ["stem", "layer1.0", "layer2.0", "layer3.0", "layer4.0"]),
+    "vit": (["model=test_vit"], ["stem", *(f"blocks.{i}" for i in range(5)), "blocks.5+norm"]),
+    "bert_like": (
         ["model=minilm", "data=bbc_news", "data.max_length=32", "data.batch_size=8"],
-    ],
-    ids=["cnn_bn", "vit", "bert_like"],
+        ["embeddings", *(f"encoder.layer.{i}" for i in range(6))],
+    ),
+}
+# The groups training in epochs 0 and 1, given a family's backbone groups.
+TRAINING = {
+    "gradual": lambda groups: [["head"], [groups[-1], "head"]],  # the head, then the top too
+    "lp_ft": lambda groups: [["head"], [*groups, "head"]],  # the probe, then everything
+    "bottom_k": lambda groups: [[*groups[1:], "head"]] * 2,  # freeze.k=1: not the input group
+}
+
+
+@pytest.mark.parametrize("freeze", list(TRAINING))
+@pytest.mark.parametrize(
+    "family",  # MiniLM's runs take ~6 s each (cnn and vit under 1.5 s)
+    [pytest.param(f, marks=pytest.mark.slow) if f == "bert_like" else f for f in FAMILIES],
 )
-def test_schedules_run_on_every_family(make_cfg, tmp_path, freeze, model):
-    overrides = [*FAST, *model, f"freeze={freeze}", "trainer.max_epochs=2"]
+def test_schedules_run_on_every_family(make_cfg, tmp_path, freeze, family):
+    GroupProbe.runs.clear()
+    model, groups = FAMILIES[family]
+    probe = "+callbacks.groups._target_=test_finetuning.GroupProbe"
+    overrides = [*FAST, *model, f"freeze={freeze}", "trainer.max_epochs=2", probe]
     if freeze == "bottom_k":
         overrides.append("freeze.k=1")
     if "data=bbc_news" in model:
         overrides = [o for o in overrides if o not in ("data=digits", "data.image_size=32")]
     value = train(make_cfg(*overrides))
     assert value is not None and 0.0 <= value <= 1.0 and not math.isnan(value)
+
+    (run,) = GroupProbe.runs
+    assert run.training == TRAINING[freeze](groups)
+    # metrics.json's phases name the groups each one unfroze and count what then trained.
+    metrics = read_metrics(tmp_path)
+    for phase in metrics["phases"]:
+        epoch = phase["start_epoch"]
+        before = run.training[epoch - 1] if epoch else []
+        assert phase["unfrozen"] == [g for g in run.training[epoch] if g not in before], phase
+        assert phase["trainable_params"] == run.numel[epoch], phase
+    starts = [e for e, row in enumerate(run.training) if not e or row != run.training[e - 1]]
+    assert [phase["start_epoch"] for phase in metrics["phases"]] == starts
+    assert metrics["trainable_params"] == run.numel[-1]

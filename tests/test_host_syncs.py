@@ -31,7 +31,7 @@ ENV = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
 # limit_train_batches, which would turn the feature cache off.
 SKIP, STEPS = 3, 4
 PROFILED = [o for o in bench_syncs.SETUP if not o.startswith("freeze=")]
-PROFILED += [f"+trainer.max_steps={SKIP + STEPS + 2}"]
+PROFILED += [f"trainer.max_steps={SKIP + STEPS + 2}"]
 CHECKED_STEPS = [1, 0, 1, 0]
 FREEZE = {
     "full fine-tuning": "freeze=none",
@@ -147,10 +147,10 @@ def test_a_training_step_runs_no_data_dependent_op():
     every training step; training steps now update unvalidated micro accuracy only."""
     from torch.profiler import profile
 
-    from ftlab.module import FinetuneModule
+    from ftlab import Classifier, build_backbone
 
-    module = FinetuneModule(torch.nn.Identity(), torch.nn.Linear(8, 10), 10)
-    batch = (torch.randn(16, 8), torch.randint(0, 10, (16,)))
+    module = Classifier(build_backbone("test_vit", source="timm", pretrained=False), 10)
+    batch = (torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
     module.training_step(batch, 0)  # first calls may take other paths
     with profile() as prof:
         module.training_step(batch, 1)

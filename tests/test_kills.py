@@ -49,7 +49,7 @@ RUN = [
     f"trainer.limit_train_batches={EPOCH}",
     "trainer.limit_val_batches=4",
     "freeze=gradual",
-    "head_dropout=0.3",
+    "module.head.dropout=0.3",
     "deterministic=true",
     "callbacks.last_checkpoint.every_n_train_steps=1",
 ]

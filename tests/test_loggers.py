@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ftlab.loggers import build_loggers
+from ftlab.loggers import logger_kwargs
 
 WANDB = Path(sys.executable).with_name("wandb")
 
@@ -22,7 +22,7 @@ def test_the_offline_note_names_a_sync_command_that_finds_the_run(tmp_path, monk
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials either
     conf = {"_target_": "lightning.pytorch.loggers.WandbLogger", "save_dir": str(tmp_path)}
     with caplog.at_level(logging.INFO, logger="ftlab"):
-        build_loggers({"wandb": conf})  # the run itself starts only at the first log
+        logger_kwargs(conf, {})  # what compose.loggers adds to the logger's own config
     (note,) = [r.getMessage() for r in caplog.records if "offline" in r.getMessage()]
     command = re.search(r"`(wandb sync [^`]+)`", note).group(1)
 

@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 
 from ftlab.adapters import add_lora, is_adapter_param, load_adapter, merge_lora
 from ftlab.backbones import build_backbone
+from ftlab.compose import model_and_data as build_model
 from ftlab.errors import FtlabError
 from ftlab.evaluate import evaluate, load_checkpoint, restore_module
-from ftlab.finetuning.plan import lora_settings
+from ftlab.finetuning.spec import FreezeSpec
 from ftlab.module import make_head
-from ftlab.train import build_model, train
+from ftlab.train import train
 
 BERT = ["model=minilm", "data=bbc_news", "data.max_length=32", "data.batch_size=8"]
 
@@ -104,6 +105,7 @@ def test_vit_trains_only_adapters_and_head_and_saves_a_small_peft_adapter(make_c
     torch.testing.assert_close(head(plain.eval()(images)), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # MiniLM with adapters
 def test_minilm_adapts_query_and_value(make_cfg, tmp_path):
     overrides = _without_images([*FAST, *PROBE, *BERT, "freeze=lora", "test=false"])
     train(make_cfg(*overrides, "trainer.max_epochs=1"))
@@ -183,7 +185,10 @@ def test_bad_lora_settings_name_the_key(freeze, message):
 
 
 def test_lora_settings_come_from_either_spelling():
-    assert lora_settings({"name": "lora", "r": 4, "bn": "frozen"}) == {"r": 4}
-    assert lora_settings({"name": "schedule", "lora": {"alpha": 8}}) == {"alpha": 8}
-    assert lora_settings({"name": "schedule", "lora": None}) is None
-    assert lora_settings({"name": "gradual"}) is None
+    def lora(freeze):
+        return FreezeSpec.parse(freeze).lora
+
+    assert lora({"name": "lora", "r": 4, "bn": "frozen"}) == {"r": 4}
+    assert lora({"name": "schedule", "lora": {"alpha": 8}}) == {"alpha": 8}
+    assert lora({"name": "schedule", "lora": None}) is None
+    assert lora({"name": "gradual"}) is None

@@ -18,6 +18,8 @@ import pytest
 import torch
 from conftest import ROOT, read_metrics, run_cli
 
+pytestmark = [pytest.mark.slow, pytest.mark.ddp]  # three training processes, two of them gloo
+
 # test_vit: LayerNorm only, so per-shard batch statistics (BatchNorm) cannot differ.
 COMMON = [
     "model=test_vit",

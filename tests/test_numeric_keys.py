@@ -42,6 +42,8 @@ CONF = Path(conf_dir())
 # Keys whose default (null or an interpolation) does not show that they hold no number.
 TEXT_KEYS = {
     "ckpt_path": "a checkpoint path",
+    "module.teacher.ckpt_path": "a checkpoint path",
+    "module.teacher.model": "a model config",
     "export": "merged or null",
     "model.weights": "a weights path or package:<dist>",
     "data.*root": "a folder",
@@ -115,7 +117,13 @@ def conf_keys() -> list[tuple[str, str, Any, Any]]:
 
 def test_discovery_finds_the_numbers_of_every_group():
     keys = {key for _, key, _, _ in conf_keys()}
-    expected = ["seed", "head_dropout", "data.batch_size", "freeze.every", "freeze.phases[].epoch"]
+    expected = [
+        "seed",
+        "module.head.dropout",
+        "data.batch_size",
+        "freeze.every",
+        "freeze.phases[].epoch",
+    ]
     expected += ["optimizer.lr", "optimizer.betas", "scheduler.warmup", "trainer.max_epochs"]
     expected += ["callbacks.last_checkpoint.every_n_train_steps", "hydra.sweeper.n_trials"]
     expected += ["hydra.launcher.tasks_per_node", "freeze.r", "wise_ft.alphas"]
@@ -273,8 +281,8 @@ NAMED = {
         "freeze.every=1.5 must be an integer >= 1, e.g. freeze.every=1",
     ),
     "dropout above 1": (
-        ["head_dropout=1.5"],
-        "head_dropout=1.5 must be a number in [0, 1), e.g. head_dropout=0.1",
+        ["module.head.dropout=1.5"],
+        "module.head.dropout=1.5 must be a number in [0, 1), e.g. module.head.dropout=0.1",
     ),
     "LoRA dropout above 1": (
         ["freeze=lora", "freeze.dropout=1.5"],
@@ -326,15 +334,15 @@ PAIRS = {
         ENDLESS.format("onecycle"),
     ),
     "no end, cosine per epoch with max_steps": (
-        ["trainer.max_epochs=-1", "+trainer.max_steps=50", "scheduler.interval=epoch"],
+        ["trainer.max_epochs=-1", "trainer.max_steps=50", "scheduler.interval=epoch"],
         ENDLESS.format("cosine") + r".*max_epochs=10 \(scheduler=none",
     ),
     "null epochs with max_steps, per epoch": (
-        ["trainer.max_epochs=null", "+trainer.max_steps=50", "scheduler.interval=epoch"],
+        ["trainer.max_epochs=null", "trainer.max_steps=50", "scheduler.interval=epoch"],
         r"^trainer\.max_epochs=null gives the run no end",
     ),
     "no end, cosine over steps bounded by max_steps": (
-        ["trainer.max_epochs=-1", "+trainer.max_steps=50"],
+        ["trainer.max_epochs=-1", "trainer.max_steps=50"],
         None,
     ),
     "no end, constant lr": (["trainer.max_epochs=-1", "scheduler=none"], None),
@@ -413,6 +421,7 @@ def test_a_bad_number_stops_before_torch_and_before_the_run_directory(tmp_path):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow  # train.py in a forked process (the fork server imports torch first)
 def test_a_sweep_with_a_bad_shared_value_stops_before_its_first_job(tmp_path):
     sweep = tmp_path / "sweep"
     done = run_cli_warm(
@@ -426,6 +435,7 @@ def test_a_sweep_with_a_bad_shared_value_stops_before_its_first_job(tmp_path):
     assert not sweep.exists()
 
 
+@pytest.mark.slow  # train.py in a forked process (the fork server imports torch first)
 def test_a_sweep_checks_the_values_it_varies_in_each_job(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli_warm(
@@ -440,6 +450,7 @@ def test_a_sweep_checks_the_values_it_varies_in_each_job(tmp_path):
     assert not list(sweep.glob("*/metrics.json"))
 
 
+@pytest.mark.slow  # train.py in a forked process (the fork server imports torch first)
 def test_a_bad_sweeper_setting_stops_the_search(tmp_path):
     sweep = tmp_path / "sweep"
     done = run_cli_warm(
@@ -453,13 +464,14 @@ def test_a_bad_sweeper_setting_stops_the_search(tmp_path):
     assert not sweep.exists()
 
 
+@pytest.mark.slow  # train.py in a forked process (the fork server imports torch first)
 def test_full_error_shows_the_checks_traceback(tmp_path):
     done = run_cli_warm(
-        "train.py", "head_dropout=1.5", run_dir=tmp_path, env={"HYDRA_FULL_ERROR": "1"}
+        "train.py", "module.head.dropout=1.5", run_dir=tmp_path, env={"HYDRA_FULL_ERROR": "1"}
     )
     assert done.returncode != 0
     assert "Traceback" in done.stderr
-    assert "FtlabError: head_dropout=1.5 must be a number in [0, 1)" in done.stderr
+    assert "FtlabError: module.head.dropout=1.5 must be a number in [0, 1)" in done.stderr
 
 
 def test_a_launchers_settings_count_only_for_a_sweep(make_cfg, capsys):

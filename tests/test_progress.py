@@ -54,6 +54,7 @@ BAR_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh interpreter in a pseudo-terminal
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_a_terminal_gets_a_bar_and_log_lines_above_it():
     import pty

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 # module -> the runs that need it; a module counts with its submodules.
@@ -33,6 +34,7 @@ TRAIN_LISTING_MODULES = (
 )
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch, lightning and timm
 def test_a_timm_plan_imports_no_peft_optuna_pandas_or_hf_model_code(tmp_path):
     overrides = ["model=test_cnn", "data=mnist", "plan=true", f"hydra.run.dir={tmp_path}/run"]
     done = subprocess.run(

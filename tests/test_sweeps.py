@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from submitit.core.utils import FailedJobError
 
 from ftlab.errors import FtlabError
 from ftlab.sweeps import sweep_id
-from ftlab.sweeps.optuna_search import finished, interrupt, open_study, search_space
+from ftlab.sweeps.optuna_search import finished, open_study, recover, search_space
 from ftlab.sweeps.report import load_sweep, write_report
 
 pytestmark = pytest.mark.slow
@@ -150,22 +151,22 @@ def test_optuna_search_interrupted_then_resumed_runs_up_to_n_trials(tmp_path: Pa
     assert results["finished"] == 3 and set(results["best_params"]) == {
         "optimizer.lr",
         "optimizer.weight_decay",
-        "head_dropout",
+        "module.head.dropout",
     }
     assert len(load_sweep(tmp_path)) >= 3  # trial job dirs read as a sweep
 
 
 def test_optuna_search_space_and_resume_bookkeeping(tmp_path: Path) -> None:
     space = search_space(
-        {"optimizer.lr": "tag(log, interval(1e-5, 1e-2))", "head_dropout": "choice(0.0, 0.3)"},
-        ["model=test_cnn", "++data.batch_size=range(8,33,8)", "head_dropout=0.1"],
+        {"optimizer.lr": "tag(log, interval(1e-5, 1e-2))", "module.head.dropout": "choice(0.0, 0.3)"},
+        ["model=test_cnn", "++data.batch_size=range(8,33,8)", "module.head.dropout=0.1"],
     )
-    assert space.fixed == ["model=test_cnn", "head_dropout=0.1"]  # the command line wins
+    assert space.fixed == ["model=test_cnn", "module.head.dropout=0.1"]  # the command line wins
     assert set(space.distributions) == {"optimizer.lr", "data.batch_size"}
     assert space.distributions["optimizer.lr"].log
     assert space.overrides({"optimizer.lr": 1e-3, "data.batch_size": 16}) == [
         "model=test_cnn",
-        "head_dropout=0.1",
+        "module.head.dropout=0.1",
         "optimizer.lr=0.001",
         "++data.batch_size=16",
     ]
@@ -175,14 +176,25 @@ def test_optuna_search_space_and_resume_bookkeeping(tmp_path: Path) -> None:
     study.tell(done, 1.0)
     failed.set_user_attr("error", "boom")
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
-    # cut_off stays RUNNING, as after a kill; the next session marks it and does not count it.
+    # cut_off stays RUNNING, as after a kill; the next session marks it, does not count it, and
+    # queues its setting again.
+    cut_off.set_user_attr("worker", f"{socket.gethostname()}:{dead_pid()}")
     study = open_study("s", storage, "max", {"seed": 0}, space.fixed)
-    assert interrupt(study) == 1 and finished(study) == 2
+    assert recover(study, tmp_path, ["val/acc"]) == 1 and finished(study) == 2
     assert study.trials[cut_off.number].state == optuna.trial.TrialState.FAIL
+    (rerun,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert rerun.params == cut_off.params
     with pytest.raises(
         FtlabError, match="with model=test_cnn where this command has model=test_vit"
     ):
-        open_study("s", storage, "max", {}, ["model=test_vit", "head_dropout=0.1"])
+        open_study("s", storage, "max", {}, ["model=test_vit", "module.head.dropout=0.1"])
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended: a killed sweeper's."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def test_a_trial_killed_after_its_job_finished_keeps_its_value(tmp_path: Path) -> None:
@@ -193,8 +205,10 @@ def test_a_trial_killed_after_its_job_finished_keeps_its_value(tmp_path: Path) -
     (tmp_path / str(finished_job.number)).mkdir()
     metrics = {"status": "completed", "optimized_metric": {"name": "val/acc", "value": 0.75}}
     (tmp_path / str(finished_job.number) / "metrics.json").write_text(json.dumps(metrics))
+    for trial in (finished_job, cut_off):
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{dead_pid()}")
     study = open_study("s", storage, "max", {}, [])
-    assert interrupt(study, sweep_dir=tmp_path) == 1 and finished(study) == 1
+    assert recover(study, tmp_path, ["val/acc"]) == 1 and finished(study) == 1
     kept = study.trials[finished_job.number]
     assert kept.state == optuna.trial.TrialState.COMPLETE and kept.value == 0.75
     assert kept.user_attrs["job_dir"] == str(tmp_path / "0")

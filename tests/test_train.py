@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import FAST, read_metrics, run_cli
 from PIL import Image
@@ -66,6 +69,7 @@ def test_optimized_metric_is_configurable(make_cfg, tmp_path):
     assert value == pytest.approx(read_metrics(tmp_path)["val"]["loss"])
 
 
+@pytest.mark.slow  # EfficientNet-Lite0, 20 steps at 64 px
 def test_real_pretrained_backbone_fine_tunes(make_cfg, tmp_path):
     """EfficientNet-Lite0 with its packaged ImageNet weights on real MNIST, a few batches."""
     cfg = make_cfg(
@@ -114,6 +118,7 @@ def test_image_folder_run(make_cfg, tmp_path):
     assert metrics["data"]["num_classes"] == 3
 
 
+@pytest.mark.slow  # MiniLM
 def test_text_csv_run(make_cfg, tmp_path):
     path = tmp_path / "reviews.csv"
     words = {"pos": "great lovely superb fine", "neg": "awful bad terrible poor"}
@@ -140,11 +145,42 @@ def test_text_csv_run(make_cfg, tmp_path):
     assert metrics["data"]["num_classes"] == 2
 
 
+class AutocastProbe(L.Callback):
+    """Records the precision the Trainer ran with and, at every forward of the module, whether
+    CPU autocast was on, its dtype and the logits' dtype (training and evaluation apart)."""
+
+    runs: ClassVar[list[AutocastProbe]] = []
+
+    def __init__(self) -> None:
+        self.precision: str | None = None
+        self.forwards: set[tuple[str, bool, torch.dtype, torch.dtype]] = set()
+        AutocastProbe.runs.append(self)
+
+    def on_fit_start(self, trainer, pl_module):
+        self.precision = trainer.precision
+        pl_module.register_forward_hook(self._record)  # stays on for validate and test after fit
+
+    def _record(self, module, args, logits):
+        stage = "train" if module.training else "eval"
+        dtype = torch.get_autocast_dtype("cpu")
+        self.forwards.add((stage, torch.is_autocast_enabled("cpu"), dtype, logits.dtype))
+
+
 def test_bf16_mixed_precision_on_cpu(make_cfg, tmp_path):
-    train(make_cfg(*FAST, "trainer.precision=bf16-mixed", "freeze=none"))
+    AutocastProbe.runs.clear()
+    probe = "+callbacks.autocast._target_=test_train.AutocastProbe"
+    train(make_cfg(*FAST, "trainer.precision=bf16-mixed", "freeze=none", probe))
     check_metrics(tmp_path)
+    (run,) = AutocastProbe.runs
+    assert run.precision == "bf16-mixed"
+    # Every forward, training and evaluation, ran under CPU autocast to bfloat16.
+    bf16 = torch.bfloat16
+    assert run.forwards == {("train", True, bf16, bf16), ("eval", True, bf16, bf16)}
+    hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
+    assert hparams["trainer.precision"] == "bf16-mixed"  # what the loggers recorded
 
 
+@pytest.mark.slow  # wandb starts its service process
 def test_wandb_logs_offline_without_an_api_key(make_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials either
@@ -194,7 +230,28 @@ def test_every_logger_records_the_run_settings(make_cfg, tmp_path, monkeypatch):
     (final,) = [e for e in board.Scalars("test/acc") if e.step == 0]
     assert final.value == pytest.approx(metrics["test"]["acc"])
 
+    # Every scalar the CSV logger got, TensorBoard got too, at the same step, and nothing else
+    # but those hparams metrics: metrics.json's final val and test numbers at step 0.
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    expected_scalars: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        for tag, value in row.items():
+            if value and tag != "step":
+                expected_scalars.setdefault(tag, []).append((int(row["step"]), float(value)))
+    for stage in ("val", "test"):
+        for key, value in metrics[stage].items():
+            expected_scalars[f"{stage}/{key}"].append((0, value))
+    assert {"train/loss_epoch", "val/acc", "ftlab/phase"} <= expected_scalars.keys()
+    assert set(board.Tags()["scalars"]) == expected_scalars.keys()
+    for tag, expected_events in expected_scalars.items():
+        events = sorted((e.step, e.value) for e in board.Scalars(tag))
+        expected_events.sort()
+        assert [s for s, _ in events] == [s for s, _ in expected_events], tag
+        assert [v for _, v in events] == pytest.approx([v for _, v in expected_events]), tag
 
+
+@pytest.mark.slow  # two runs
 def test_seed_makes_runs_repeatable(make_cfg, tmp_path):
     first = train(make_cfg(*FAST, "seed=3", "freeze=none"))
     loss = read_metrics(tmp_path)["val"]["loss"]
@@ -215,6 +272,7 @@ def test_plan_only_prints_and_writes_a_schedule(make_cfg, tmp_path):
 FAST_CLI = [*FAST, "trainer.max_epochs=1"]
 
 
+@pytest.mark.slow  # two fresh interpreters (train.py, then eval.py)
 def test_eval_from_checkpoint_on_another_data_config(tmp_path):
     train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
     done = run_cli("train.py", *FAST_CLI, run_dir=train_dir)
@@ -303,13 +361,37 @@ def test_compose_only_does_not_import_torch():
 
 
 def test_metrics_json_is_never_half_written(tmp_path):
+    """The file is only ever renamed into place, never written where it lies: a writer that
+    truncates it there (``Path.write_text``) lets a reader see it empty or half written, and a
+    crash leave it so. Python's audit hooks see every open (``open``, ``Path.write_text``,
+    ``os.open``) and every ``os.replace``/``os.rename``."""
     from ftlab.outputs import write_json
 
-    write_json(tmp_path / "metrics.json", {"status": "completed"})
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"status": "completed"}
+    path = tmp_path / "metrics.json"
+    events: list[tuple[str, str]] = []
+
+    def audit(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+            mode, flags = args[1] or "", args[2] or 0
+            writes = any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR)
+            if writes and os.path.abspath(os.fsdecode(args[0])) == str(path):
+                events.append(("opened for writing", str(path)))
+        elif event == "os.rename" and os.path.abspath(os.fsdecode(args[1])) == str(path):
+            events.append(("renamed onto", os.fsdecode(args[0])))
+
+    old, new = {"status": "running"}, {"status": "completed", "rows": list(range(50_000))}
+    write_json(path, old)
+    sys.addaudithook(audit)  # it cannot be removed; it only ever matches this test's path
+    with open(path) as reader:  # a reader that opened the file before the update
+        write_json(path, new)
+        assert json.loads(reader.read()) == old  # an in-place write shows it the new bytes
+    assert json.loads(path.read_text()) == new
+    ((what, source),) = events
+    assert what == "renamed onto" and Path(source).parent == tmp_path, events
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+@pytest.mark.slow  # a fresh interpreter, then 2 s of training
 def test_unbounded_epochs_with_a_schedule_that_needs_no_length(tmp_path):
     """``trainer.max_epochs=-1``, stopped by ``max_time``: warmup_step gets no ``total_steps``
     (Lightning's step estimate is inf, and used to reach ``int()``); cosine is refused at
@@ -322,13 +404,14 @@ def test_unbounded_epochs_with_a_schedule_that_needs_no_length(tmp_path):
         "scheduler=warmup_step",
         "scheduler.interval=step",
         "trainer.max_epochs=-1",
-        "+trainer.max_time='00:00:00:02'",
+        "trainer.max_time='00:00:00:02'",
         run_dir=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_metrics(tmp_path)["status"] == "completed"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_logger_none_with_the_default_callbacks(tmp_path):
     """Lightning refuses a LearningRateMonitor without a logger; logger=none drops it."""
     done = run_cli("train.py", *FAST, "trainer.max_epochs=1", "logger=none", run_dir=tmp_path)

@@ -29,6 +29,8 @@ from warm_cli import run_cli_warm
 
 from ftlab.record import LEGACY_TARGET, parse_record
 
+pytestmark = pytest.mark.slow  # every test reads a run trained by train.py in a forked process
+
 FAST_CLI = [*FAST, "trainer.max_epochs=1", "test=false"]
 
 
@@ -75,7 +77,7 @@ def legacy(record: dict[str, Any], **model: Any) -> dict[str, Any]:
     return {
         "model": {**old, **model},
         "classes": record["classes"],
-        "head_dropout": record["head_dropout"],
+        "head_dropout": record["head"]["dropout"],
         "lora": record["lora"],
     }
 

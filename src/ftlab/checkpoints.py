@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ftlab.errors import FtlabError
-from ftlab.record import ModelRecord, parse_record
+from ftlab.record import ModelRecord, parse_record, restore_backbone
 
 
 def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
@@ -55,6 +55,33 @@ def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
         )
     ckpt["ftlab"] = parse_record(ckpt["ftlab"], f"{key}={path}")
     return ckpt
+
+
+def restore_module(ckpt: dict[str, Any], path: str = "?") -> tuple[Any, Any]:
+    """The trained module and its backbone, rebuilt from the checkpoint's record.
+
+    ``ckpt`` comes from :func:`~ftlab.checkpoints.load_checkpoint`, which parsed its record; the
+    backbone is built by ftlab's own builders (ftlab.record), never by a name in the file.
+    ``path`` (the ``ckpt_path`` value) only names the file in errors.
+    """
+    from ftlab.adapters import inject_lora
+    from ftlab.module import Classifier  # torch and Lightning: only once a model is restored
+
+    record: ModelRecord = ckpt["ftlab"]
+    if record.module != Classifier.kind:
+        raise FtlabError(
+            f"ckpt_path={path} holds a {record.module} module, which eval.py does not rebuild "
+            "from a file: load it with your module's class"
+        )
+    backbone = restore_backbone(record.backbone)
+    if record.lora:  # the same adapters as in training, so that the state dict fits
+        inject_lora(backbone, record.lora)
+    classes = record.classes
+    module = Classifier(backbone, len(classes), freeze=None, classes=classes, head=record.head)
+    module.record = record
+    check_state(ckpt, module, path)  # e.g. saved by another timm version that renamed layers
+    module.load_state_dict(ckpt["state_dict"])
+    return module, backbone
 
 
 def needs_code(error: Exception) -> str | None:
@@ -119,7 +146,7 @@ def check_state(ckpt: dict[str, Any], module: nn.Module, path: str, key: str = "
         raise FtlabError(
             f"{key}={path} ({ckpt['ftlab'].label}) does not fit this run's model: "
             f"{differences}; resume with the model settings it was trained with "
-            "(model.*, head_dropout)"
+            "(model.*, module.head)"
         )
 
 

@@ -27,17 +27,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import InterpolationValidationError
 
+from ftlab import trainer_keys
 from ftlab.config_checks import check_config
 from ftlab.errors import FtlabError, RunInterrupted
+from ftlab.options import conf_dir
+
+trainer_keys.register()  # trainer/lightning: every lightning.Trainer keyword, before any compose
 
 USER_ERROR_EXIT = 2
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def conf_dir() -> str:
-    """The ``conf/`` tree: ``$FTLAB_CONFIG_DIR``, else the repository's (editable install)."""
-    env = os.environ.get("FTLAB_CONFIG_DIR")
-    return str(Path(env) if env else Path(__file__).resolve().parents[2] / "conf")
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -148,6 +146,30 @@ class ConfigCheck(Callback):
             sys.exit(USER_ERROR_EXIT)
 
 
+class RunDirGuard(Callback):
+    """Hydra callback (conf/train.yaml): claim a single run's directory before Hydra writes its
+    config and log there, so that a refused run leaves the other run's directory untouched
+    (ftlab.rundir)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from ftlab.rundir import claim
+
+        if config.get("plan"):
+            return  # plan=true only prints the plan and writes schedule.yaml
+        try:
+            claim(Path(config.hydra.run.dir), bool(config.get("resume")), config.get("ckpt_path"))
+        except FtlabError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            say(f"error: {err}")
+            sys.exit(USER_ERROR_EXIT)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from ftlab.rundir import release
+
+        release(Path(config.hydra.run.dir))
+
+
 def _run(task: str, cfg: DictConfig) -> Any:
     module_name, func_name = task.split(":")
     try:
@@ -172,6 +194,11 @@ def _run(task: str, cfg: DictConfig) -> Any:
 def _main(config_name: str, task: str) -> None:
     # Deprecation noise from inside Lightning 2.6 that users cannot act on.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    try:  # a misspelled trainer.<key>: one line naming the closest keyword, not Hydra's four
+        trainer_keys.check_overrides(sys.argv[1:])
+    except FtlabError as err:
+        say(f"error: {err}")
+        sys.exit(USER_ERROR_EXIT)
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)
     def main(cfg: DictConfig) -> Any:
@@ -194,8 +221,10 @@ def eval_main() -> None:
 
 
 def export_main() -> None:
-    """``ftlab-export ckpt_path=...``: the checkpoint as a plain model with LoRA folded in."""
-    sys.argv.append("export=merged")
+    """``ftlab-export [export=merged|hf|timm|onnx] ckpt_path=...``: the checkpoint in the layout
+    the next tool loads (ftlab.exports), LoRA folded in; ``merged`` unless one is named."""
+    if not any(arg.startswith("export=") for arg in sys.argv[1:]):
+        sys.argv.append("export=merged")
     eval_main()
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab.errors import FtlabError
+from ftlab.trainer_keys import check_trainer_keys
 
 # --- the forms a value may take ---------------------------------------------------------------
 
@@ -195,6 +196,8 @@ def _r(key: str, *forms: Form, example: Any, null: bool = False, target: str | N
     return Rule(key, forms, str(example), null, target)
 
 
+EXPORTS = ("merged", "hf", "timm", "onnx")  # ftlab.exports.EXPORTS (tests hold them equal)
+
 # Shared forms.
 POSITIVE = Real(0, low_open=True)  # a learning rate, a scale
 NON_NEGATIVE = Real(0)
@@ -209,7 +212,8 @@ BATCHES = (Count(0, note="batches"), Real(0, 1, note="a share of the batches"))
 NUMBERS: tuple[Rule, ...] = (
     # conf/train.yaml, conf/eval.yaml
     _r("seed", Count(0, 2**32 - 1), example=0),  # what seed_everything accepts (numpy's range)
-    _r("head_dropout", DROPOUT, example=0.1),
+    # conf/eval.yaml: a layout of ftlab.exports.EXPORTS, refused before torch is imported
+    _r("export", Word("one of merged, hf, timm, onnx", EXPORTS), example="hf", null=True),
     _r("faults.check_every", Count(1, note="optimizer steps"), example=10),
     _r(
         "wise_ft.alphas",
@@ -231,6 +235,15 @@ NUMBERS: tuple[Rule, ...] = (
     _r("data.max_train_samples", Count(1), example=1000, null=True),
     _r("data.val_size", Count(1, 59999), example=5000),  # of Fashion-MNIST's 60,000
     _r("data.ood[].severity", Count(1, 5), example=3),
+    # conf/module
+    _r("module.head.hidden", Count(1), example=512),
+    _r("module.head.dropout", DROPOUT, example=0.1),
+    _r("module.label_smoothing", Real(0, 1, high_open=True), example=0.1),
+    _r("module.mixup", NON_NEGATIVE, example=0.2),
+    _r("module.cutmix", NON_NEGATIVE, example=1.0),
+    _r("module.alpha", Real(0, 1), example=0.5),  # conf/module/distill.yaml
+    _r("module.temperature", POSITIVE, example=4),
+    _r("module.teacher.image_size", Count(1), example=64, null=True),
     # conf/freeze
     _r("freeze.every", Count(1), example=1),
     _r("freeze.step", Count(1), example=4),
@@ -317,6 +330,15 @@ NUMBERS: tuple[Rule, ...] = (
     _r("hydra.sweeper.n_jobs", Count(1), example=4),
     _r("hydra.sweeper.sampler.seed", Count(0), example=0, null=True),
     _r("hydra.sweeper.sampler.n_startup_trials", Count(0), example=5),
+    _r(
+        "hydra.sweeper.seeds",
+        Items(Count(0, 2**32 - 1), "a list of seeds"),
+        example="[0,1,2]",
+        null=True,
+    ),
+    _r("hydra.sweeper.heartbeat_s", Count(1, note="seconds"), example=60),
+    _r("hydra.sweeper.pruner_options.n_startup_trials", Count(0), example=3),
+    _r("hydra.sweeper.pruner_options.n_warmup_steps", Count(0, note="epochs"), example=1),
     _r("hydra.launcher.timeout_min", Count(1), example=240),
     _r("hydra.launcher.nodes", Count(1), example=1),
     _r("hydra.launcher.tasks_per_node", Count(1), example=1),
@@ -363,6 +385,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     for where, rule, value in _ruled(config):
         if not rule.accepts(value):
             raise FtlabError(rule.message(where, value))
+    check_trainer_keys(config)  # +trainer.<typo>= and a user's own files: the closest keyword
     _check_length(config)
     _check_lp_ft(config)
     _check_weights(config)

@@ -1,4 +1,5 @@
-"""Build the configured Lightning loggers; wandb falls back to offline mode on its own."""
+"""What the loggers get beyond their own config: wandb's offline fallback and sweep grouping,
+and the run's settings. (The edge, ftlab.compose, builds the loggers from the config.)"""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
-
-from ftlab.sweeps import wandb_context
 
 log = logging.getLogger("ftlab")
 
@@ -37,25 +35,24 @@ def offline_note(save_dir: str | None, reason: str = "no API key configured") ->
     return f"wandb: {reason}, logging offline to {runs} (upload later: `wandb sync {runs}`)"
 
 
-def build_loggers(cfg: Mapping[str, Any] | None) -> list[Logger]:
-    loggers: list[Logger] = []
-    for name, conf in (cfg or {}).items():
-        if not isinstance(conf, Mapping) or "_target_" not in conf:
-            continue
-        kwargs: dict[str, Any] = {}
-        if conf["_target_"].endswith("WandbLogger") and conf.get("offline") is None:
-            forced = os.environ.get("WANDB_MODE") == "offline"
-            offline = forced or not wandb_has_credentials()
-            kwargs["offline"] = offline
-            if offline:
-                reason = "WANDB_MODE=offline" if forced else "no API key configured"
-                log.info(offline_note(conf.get("save_dir"), reason))
-        if conf["_target_"].endswith("WandbLogger"):
-            # A multirun job: its sweep as the wandb group, its overrides as tags.
-            kwargs |= {k: v for k, v in wandb_context().items() if not conf.get(k)}
-        loggers.append(instantiate(conf, **kwargs))
-        log.debug("logger %s: %s", name, type(loggers[-1]).__name__)
-    return loggers
+def logger_kwargs(conf: Mapping[str, Any], sweep: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments a logger config gets besides its own keys.
+
+    A WandbLogger without ``offline`` set runs offline when no API key is configured (logged
+    with the command that uploads it later); in a sweep it gets ``sweep`` (the job's group,
+    tags and name) wherever its config leaves them empty.
+    """
+    if not str(conf.get("_target_", "")).endswith("WandbLogger"):
+        return {}
+    kwargs: dict[str, Any] = {}
+    if conf.get("offline") is None:
+        forced = os.environ.get("WANDB_MODE") == "offline"
+        offline = forced or not wandb_has_credentials()
+        kwargs["offline"] = offline
+        if offline:
+            reason = "WANDB_MODE=offline" if forced else "no API key configured"
+            log.info(offline_note(conf.get("save_dir"), reason))
+    return kwargs | {k: v for k, v in sweep.items() if not conf.get(k)}
 
 
 def flat_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

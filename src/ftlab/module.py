@@ -1,76 +1,174 @@
-"""The LightningModule: a pretrained backbone, a new linear head, loss and metrics."""
+"""ftlab's LightningModules: the protocol every module follows, and the classifier.
+
+:class:`FinetuneModule` is a pretrained backbone, a new head and a freezing plan. It is built
+whole: the plan (which parameters train when, at which lr) is made in ``__init__`` from the
+freeze spec and the learning rates, and the module attaches its own phase callback
+(``configure_callbacks``), so a plain ``L.Trainer().fit(module, data)`` applies the schedule.
+
+A module of your own (``module._target_=mypkg.MyModule``) subclasses it and overrides what
+differs; everything else (schedules, discriminative lrs, LoRA, resume, the DDP rank checksums,
+the feature cache, ``metrics.json``) comes with the base:
+
+- ``make_head(num_features, num_classes) -> nn.Module``: the new head (linear by default);
+- ``loss(outputs, targets) -> Tensor``: the training objective (cross-entropy by default);
+- ``metrics() -> dict[str, Metric]``: torchmetrics logged as ``val/<name>`` and
+  ``test/<name>``; ``train_metrics()`` those of the training steps (``metrics()`` by default);
+- ``cache_blocker() -> str | None``: why the steps need the inputs themselves, if they do
+  (the feature cache is then off for the run and the reason logged);
+- ``fit_data(datamodule, data, trainer, cache_dir) -> LightningDataModule``: what
+  ``trainer.fit`` reads (``datamodule`` by default; distillation adds cached teacher logits);
+  ``report() -> dict``: what ``metrics.json`` records under ``module``.
+
+The batches are ``(inputs, targets)`` from an ftlab data module. Extra constructor keywords are
+the ``module.*`` config keys.
+"""
 
 from __future__ import annotations
 
-import inspect
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from ftlab.adapters import is_adapter_param
-from ftlab.finetuning import HEAD, Plan
+from ftlab.adapters import add_lora, is_adapter_param
+from ftlab.errors import FtlabError
+from ftlab.finetuning import HEAD, Plan, build_plan
+from ftlab.finetuning.callback import PhaseCallback
 from ftlab.finetuning.features import FEATURES
-from ftlab.finetuning.freezing import param_groups, set_bn_modes
+from ftlab.finetuning.freezing import bn_params, param_groups, set_bn_modes
+from ftlab.finetuning.optimization import Optimization
 from ftlab.finetuning.plan import LORA
-from ftlab.record import ModelRecord
+from ftlab.finetuning.spec import FreezeSpec
+from ftlab.record import ModelRecord, parse_head
 
 STAGES = ("train", "val", "test")
 
 
-def make_head(num_features: int, num_classes: int, dropout: float = 0.0) -> nn.Module:
-    """A new linear classifier sized for the data's classes."""
+def make_head(
+    num_features: int, num_classes: int, kind: str = "linear", dropout: float = 0.0, hidden: int = 0
+) -> nn.Module:
+    """A new classifier sized for the data's classes: ``linear``, or ``mlp`` (one hidden GELU
+    layer of width ``hidden``); ``dropout`` before each linear layer."""
+    if kind == "mlp":
+        layers: list[nn.Module] = [nn.Linear(num_features, hidden), nn.GELU()]
+        if dropout > 0:
+            layers = [nn.Dropout(dropout), *layers, nn.Dropout(dropout)]
+        return nn.Sequential(*layers, nn.Linear(hidden, num_classes))
     linear = nn.Linear(num_features, num_classes)
     return nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else linear
 
 
 class FinetuneModule(L.LightningModule):
-    """Backbone + head. Which parameters train is decided by the plan's ``PhaseCallback``."""
+    """Backbone + new head, trained by a freezing plan. See the module docstring for the protocol.
+
+    Args:
+        backbone: an ftlab backbone (ftlab.backbones.build_backbone).
+        num_classes: the data's classes (the head's width, for the default head).
+        freeze: the freezing schedule (a name, a ``freeze`` config or a FreezeSpec); None builds
+            a module for inference only (no plan, no optimizer).
+        optimization: learning rates, optimizer and scheduler (AdamW at 1e-3 when None).
+        classes: the class names, recorded in checkpoints (default: ``0 .. num_classes-1``).
+        head: the head's shape ``{kind: linear|mlp, dropout, hidden}`` (the default head).
+    """
+
+    kind = "custom"  # the checkpoint record's module kind: eval.py restores ftlab's own only
 
     def __init__(
         self,
         backbone: nn.Module,
-        head: nn.Module,
         num_classes: int,
-        plan: Plan | None = None,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
-        scheduler_options: dict[str, Any] | None = None,
-        record: ModelRecord | None = None,
+        freeze: FreezeSpec | Mapping[str, Any] | str | None = "none",
+        optimization: Optimization | None = None,
+        classes: Sequence[Any] | None = None,
+        head: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = head
-        self.plan = plan
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.scheduler_options = scheduler_options or {}
-        self.record = record  # what a checkpoint says about this model (ftlab.record)
-        self.criterion = nn.CrossEntropyLoss()
-        metrics = MetricCollection(
+        self.num_classes = int(num_classes)
+        self.head_settings = parse_head(
+            dict(head or {"kind": "linear"}), "module.head", "module.head"
+        )
+        self.freeze = FreezeSpec.parse(freeze) if freeze is not None else None
+        # Adapters before the head and the plan, so that they get their layer group.
+        lora = add_lora(backbone, self.freeze) if self.freeze is not None else None
+        self.head = self.make_head(backbone.num_features, self.num_classes)
+        self.optimization = optimization or Optimization()
+        self.plan: Plan | None = None
+        self.phases: PhaseCallback | None = None
+        if self.freeze is not None:
+            self.plan = build_plan(
+                self.freeze,
+                self.layer_groups(),
+                dict(self.named_parameters()),
+                self.optimization.lrs(),
+                self.no_weight_decay(),
+                bn_params(self),
+            )
+            self.phases = PhaseCallback(self.plan)
+        self.record = self._record(list(classes) if classes else list(range(num_classes)), lora)
+        self._metrics = nn.ModuleDict(  # keys are attributes: "train" would shadow nn.Module.train
             {
-                "acc": MulticlassAccuracy(num_classes, average="micro"),
-                "f1": MulticlassF1Score(num_classes, average="macro"),
+                "train_": MetricCollection(dict(self.train_metrics()), prefix="train/"),
+                "val_": MetricCollection(dict(self.metrics()), prefix="val/"),
+                "test_": MetricCollection(dict(self.metrics()), prefix="test/"),
             }
         )
-        # Training steps update micro accuracy only, its argument checks off: on a GPU macro
-        # F1's bincount reads a device value back at every step (tests/test_host_syncs.py). The
-        # data modules checked the labels once, when they were read.
-        train = MetricCollection(
-            {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
+
+    # -- the protocol: override in a module of your own ---------------------------------------
+
+    def make_head(self, num_features: int, num_classes: int) -> nn.Module:
+        """The new head on the backbone's pooled features."""
+        settings = self.head_settings
+        return make_head(
+            num_features,
+            num_classes,
+            settings["kind"],
+            settings["dropout"],
+            settings.get("hidden", 0),
         )
-        # ModuleDict keys are attributes: "train" would shadow nn.Module.train.
-        self.metrics = nn.ModuleDict(
-            {
-                "train_": train.clone(prefix="train/"),
-                **{f"{s}_": metrics.clone(prefix=f"{s}/") for s in STAGES if s != "train"},
-            }
-        )
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training objective (also logged as ``<stage>/loss``)."""
+        return F.cross_entropy(outputs, targets)
+
+    def metrics(self) -> Mapping[str, Metric]:
+        """Fresh torchmetrics for validation and test, by name."""
+        return {
+            "acc": MulticlassAccuracy(self.num_classes, average="micro"),
+            "f1": MulticlassF1Score(self.num_classes, average="macro"),
+        }
+
+    def train_metrics(self) -> Mapping[str, Metric]:
+        """Fresh torchmetrics for the training steps (those of :meth:`metrics` by default)."""
+        return self.metrics()
+
+    def cache_blocker(self) -> str | None:
+        """Why the training steps need the inputs themselves (no cached features), or None."""
+        return None
+
+    def fit_data(
+        self,
+        datamodule: L.LightningDataModule,
+        data: L.LightningDataModule,
+        trainer: Mapping[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> L.LightningDataModule:
+        """What ``trainer.fit`` reads: ``datamodule`` (the run's ``data``, or the feature cache
+        standing in for it) by default. A module whose training steps need more per sample
+        wraps it; ``trainer`` holds the Trainer's keyword arguments, ``cache_dir`` the run's
+        cache folder (ftlab.distillation adds the teacher's cached logits)."""
+        return datamodule
+
+    def report(self) -> dict[str, Any]:
+        """What ``metrics.json`` records under ``module`` about the module's own work."""
+        return {}
+
+    # -- layer groups and the plan -------------------------------------------------------------
 
     def layer_groups(self) -> list[tuple[str, tuple[str, ...]]]:
         """The backbone's groups (input first) plus the head, with module-level names.
@@ -92,6 +190,19 @@ class FinetuneModule(L.LightningModule):
     def no_weight_decay(self) -> set[str]:
         return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Lightning adds these to the Trainer's own at fit, validate and test: the schedule
+        # applies without the caller knowing about it. One instance, so its record survives.
+        return [self.phases] if self.phases is not None else []
+
+    def configure_optimizers(self) -> Any:
+        if self.plan is None:
+            raise FtlabError(f"{type(self).__name__} was built with freeze=None: it cannot train")
+        groups = param_groups(self.plan, dict(self.named_parameters()))
+        return self.optimization.configure(groups, self.trainer)
+
+    # -- forward and steps ---------------------------------------------------------------------
+
     def forward(self, inputs: Any) -> torch.Tensor:
         if isinstance(inputs, Mapping) and FEATURES in inputs:
             # Cached backbone outputs (ftlab.finetuning.features), only valid while it is frozen.
@@ -112,12 +223,15 @@ class FinetuneModule(L.LightningModule):
             self.backbone.eval()
         return self
 
-    def _step(self, batch: tuple[Any, torch.Tensor], stage: str) -> torch.Tensor:
-        inputs, labels = batch
-        logits = self(inputs)
-        loss = self.criterion(logits, labels)
-        metrics = self.metrics[f"{stage}_"]
-        metrics.update(logits.detach(), labels)
+    def step(
+        self, inputs: Any, targets: torch.Tensor, stage: str, loss_targets: Any = None
+    ) -> torch.Tensor:
+        """Forward, loss (against ``loss_targets`` when given, e.g. mixed soft labels) and
+        logging; the metrics always compare with ``targets``."""
+        outputs = self(inputs)
+        loss = self.loss(outputs, targets if loss_targets is None else loss_targets)
+        metrics = self._metrics[f"{stage}_"]
+        metrics.update(outputs.detach(), targets)
         on_step = stage == "train"
         # Lightning reads a progress-bar value back to the host at every step (a sync on a
         # GPU), bar or no bar: the running loss goes there only while a bar shows it.
@@ -129,39 +243,103 @@ class FinetuneModule(L.LightningModule):
             on_epoch=True,
             prog_bar=bar or not on_step,
             sync_dist=not on_step,
-            batch_size=labels.shape[0],
+            batch_size=targets.shape[0],
         )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+    def training_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.step(*batch, "train")
 
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
+    def validation_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
+        self.step(*batch, "val")
 
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+    def test_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
+        self.step(*batch, "test")
 
-    def configure_optimizers(self):
-        if self.plan is None or self.optimizer_factory is None:
-            raise RuntimeError("FinetuneModule needs a plan and an optimizer to train")
-        optimizer = self.optimizer_factory(param_groups(self.plan, dict(self.named_parameters())))
-        if self.scheduler_factory is None:
-            return optimizer
-        interval = self.scheduler_options.get("interval", "step")
-        kwargs = {}
-        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
-            steps = self.trainer.estimated_stepping_batches if interval == "step" else None
-            steps = self.trainer.max_epochs if steps is None else steps
-            # max_epochs=-1: no length. Schedules that need one are refused at composition
-            # (ftlab.config_checks); warmup_step takes the argument without using it.
-            kwargs["total_steps"] = int(steps) if 0 < steps < math.inf else None
-        scheduler = {"scheduler": self.scheduler_factory(optimizer, **kwargs), "interval": interval}
-        if self.scheduler_options.get("monitor"):
-            scheduler["monitor"] = self.scheduler_options["monitor"]
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _record(self, classes: list[Any], lora: dict[str, Any] | None) -> ModelRecord | None:
+        """What checkpoints say about this model (ftlab.record): eval.py rebuilds it from that."""
+        backbone = getattr(self.backbone, "record", None)
+        if backbone is None:  # a backbone not built by ftlab: nothing to rebuild it from
+            return None
+        return ModelRecord(
+            backbone=backbone, classes=classes, head=self.head_settings, lora=lora, module=self.kind
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain values only: the model is rebuilt from them through ftlab's own builders.
         checkpoint["ftlab"] = self.record.to_dict() if self.record else {}
+
+
+class Classifier(FinetuneModule):
+    """Single-label classification: the new head, cross-entropy with optional label smoothing,
+    and timm's Mixup / CutMix on the training images.
+
+    Args:
+        label_smoothing: cross-entropy's label smoothing.
+        mixup: timm ``Mixup``'s ``mixup_alpha`` (0: off).
+        cutmix: timm ``Mixup``'s ``cutmix_alpha`` (0: off). With either on, the training steps
+            see mixed images, so the feature cache is off.
+        (the rest: :class:`FinetuneModule`)
+    """
+
+    kind = "classifier"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        freeze: FreezeSpec | Mapping[str, Any] | str | None = "none",
+        optimization: Optimization | None = None,
+        classes: Sequence[Any] | None = None,
+        head: Mapping[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+    ) -> None:
+        super().__init__(backbone, num_classes, freeze, optimization, classes, head)
+        self.label_smoothing = float(label_smoothing)
+        self.mixer = None
+        if mixup > 0 or cutmix > 0:
+            if getattr(backbone, "modality", "image") != "image":
+                raise FtlabError(
+                    "module.mixup / module.cutmix mix images; this backbone reads text: set them "
+                    "to 0"
+                )
+            from timm.data import Mixup
+
+            # timm smooths the mixed targets itself; the loss adds no second smoothing to them.
+            self.mixer = Mixup(
+                mixup_alpha=mixup,
+                cutmix_alpha=cutmix,
+                label_smoothing=self.label_smoothing,
+                num_classes=num_classes,
+            )
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.is_floating_point():  # soft targets from Mixup, smoothed already
+            return F.cross_entropy(outputs, targets)
+        return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
+
+    def train_metrics(self) -> Mapping[str, Metric]:
+        # Micro accuracy only, its argument checks off: on a GPU macro F1's bincount reads a
+        # device value back at every step (tests/test_host_syncs.py). The data modules checked
+        # the labels once, when they were read.
+        return {"acc": MulticlassAccuracy(self.num_classes, average="micro", validate_args=False)}
+
+    def cache_blocker(self) -> str | None:
+        if self.mixer is not None:
+            return "module.mixup/module.cutmix mix the training images in every step"
+        return None
+
+    def training_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, labels = batch
+        # timm's Mixup pairs each sample with its mirror in the batch and needs an even count:
+        # an odd last batch trains unmixed. The metrics compare the mixed images' predictions
+        # with their first labels.
+        if self.mixer is None or not torch.is_tensor(inputs) or len(labels) % 2:
+            return self.step(inputs, labels, "train")
+        mixed, soft = self.mixer(inputs, labels)
+        return self.step(mixed, labels, "train", loss_targets=soft)

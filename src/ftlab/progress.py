@@ -47,8 +47,11 @@ class EpochLines(L.Callback):
 
 
 class _DropTips(logging.Filter):
+    # Tips, and the note that the module's own PhaseCallback (configure_callbacks) replaces the
+    # one the Trainer holds from fit when validate and test attach it again: that is by design.
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        message = record.getMessage()
+        return "Tip:" not in message and "override existing callbacks" not in message
 
 
 def quiet_lightning() -> None:

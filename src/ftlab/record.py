@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ftlab.errors import FtlabError
 
 FORMAT = 1  # bump when a field changes meaning; parse_record refuses formats it does not know
-MODULE_KINDS = ("classifier",)  # LightningModules ftlab restores by itself
+# LightningModules ftlab restores by itself (a distilled student is a classifier). "custom": a
+# user's own module; a run resumes it (its code comes from the run's config, never the file),
+# eval.py does not restore it.
+MODULE_KINDS = ("classifier", "custom")
+HEAD_KINDS = ("linear", "mlp")
 # The one `_target_` that checkpoints written before the record existed carry. It is read as
 # "a backbone record" and never called: restoring still goes through RESTORERS.
 LEGACY_TARGET = "ftlab.backbones.build_backbone"
@@ -55,18 +59,6 @@ class BackboneRecord:
     options: dict[str, Any] = field(default_factory=dict)
     weights_id: str = ""  # the pretrained start (ftlab.backbones.base), for reports and caches
 
-    @classmethod
-    def from_config(cls, model: Mapping[str, Any], weights_id: str = "") -> BackboneRecord:
-        """The record of a run's (trusted) ``model`` config."""
-        from ftlab.backbones.names import resolve_source  # timm/HF: only when a run builds one
-
-        plain = {k: v for k, v in model.items() if not str(k).startswith("_")}
-        name = str(plain.pop("name"))
-        kind = resolve_source(name, str(plain.pop("source", "auto")))
-        pretrained = bool(plain.pop("pretrained", True))
-        weights = plain.pop("weights", None) or None
-        return cls(kind, name, pretrained, weights, plain, weights_id)
-
 
 @dataclass(frozen=True)
 class ModelRecord:
@@ -74,7 +66,7 @@ class ModelRecord:
 
     backbone: BackboneRecord
     classes: list[Any]
-    head_dropout: float = 0.0
+    head: dict[str, Any] = field(default_factory=lambda: {"kind": "linear", "dropout": 0.0})
     lora: dict[str, Any] | None = None  # ftlab.adapters.lora settings, resolved module names
     lora_merged: dict[str, Any] | None = None  # an export's adapters, folded into the weights
     module: str = "classifier"
@@ -101,7 +93,9 @@ def parse_record(meta: Any, where: str) -> ModelRecord:
     legacy = "format" not in meta
     common = ("classes", "head_dropout", "lora")
     known = (
-        ("model", *common) if legacy else ("backbone", *common, "lora_merged", "module", "format")
+        ("model", *common)
+        if legacy
+        else ("backbone", *common, "head", "lora_merged", "module", "format")
     )
     _known_keys(meta, known, where, "ftlab")
     if not legacy and meta["format"] != FORMAT:
@@ -118,13 +112,11 @@ def parse_record(meta: Any, where: str) -> ModelRecord:
     classes = meta.get("classes")
     if not isinstance(classes, list) or not all(_is_class(c) for c in classes) or not classes:
         raise FtlabError(f"{where}: ftlab.classes must be a non-empty list of names")
-    dropout = meta.get("head_dropout", 0.0)
-    if not _is_number(dropout) or not 0 <= dropout < 1:
-        raise FtlabError(f"{where}: ftlab.head_dropout={dropout!r} must be a number in [0, 1)")
+    head = meta.get("head", {"kind": "linear", "dropout": meta.get("head_dropout", 0.0)})
     return ModelRecord(
         backbone=_backbone(meta.get("model" if legacy else "backbone"), where, legacy),
         classes=list(classes),
-        head_dropout=float(dropout),
+        head=parse_head(head, where),
         lora=parse_lora(meta.get("lora"), where),
         lora_merged=parse_lora(meta.get("lora_merged"), where, "ftlab.lora_merged"),
         module=module,
@@ -173,6 +165,24 @@ def _backbone(model: Any, where: str, legacy: bool) -> BackboneRecord:
         options=dict(options),
         weights_id=_text(record.get("weights_id", ""), where, f"{at}.weights_id", empty=True),
     )
+
+
+def parse_head(head: Any, where: str, at: str = "ftlab.head") -> dict[str, Any]:
+    """The new head's shape: ``{kind: linear|mlp, dropout, hidden (mlp)}``, checked."""
+    if not isinstance(head, Mapping):
+        raise FtlabError(f"{where}: {at} must be a mapping like {{kind: linear, dropout: 0.0}}")
+    _known_keys(head, ("kind", "dropout", "hidden"), where, at)
+    kind, dropout, hidden = head.get("kind"), head.get("dropout", 0.0), head.get("hidden")
+    if kind not in HEAD_KINDS:
+        raise FtlabError(f"{where}: {at}.kind={kind!r} must be one of {', '.join(HEAD_KINDS)}")
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        raise FtlabError(f"{where}: {at}.dropout={dropout!r} must be a number in [0, 1)")
+    out: dict[str, Any] = {"kind": kind, "dropout": float(dropout)}
+    if kind == "mlp":
+        if not (isinstance(hidden, int) and not isinstance(hidden, bool) and 1 <= hidden <= 65536):
+            raise FtlabError(f"{where}: {at}.hidden={hidden!r} must be an integer in [1, 65536]")
+        out["hidden"] = hidden
+    return out
 
 
 def parse_lora(lora: Any, where: str, at: str = "ftlab.lora") -> dict[str, Any] | None:
@@ -296,4 +306,5 @@ def restore_backbone(record: BackboneRecord) -> Any:
     """The record's backbone architecture, through the fixed :data:`RESTORERS` table."""
     backbone = RESTORERS[record.kind](record)
     backbone.weights_id = record.weights_id or backbone.weights_id  # the trained run's start
+    backbone.record = replace(record, weights_id=backbone.weights_id)
     return backbone

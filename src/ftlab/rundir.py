@@ -2,8 +2,8 @@
 
 - A run holds an exclusive ``fcntl.flock`` on ``<run_dir>/.lock`` for its lifetime (the kernel
   releases it when the process dies, SIGKILL included). A second run in the same directory
-  refuses at once; for ``train.py`` the check runs as a Hydra callback (``RunDirGuard``, in
-  conf/train.yaml), before Hydra writes the second run's ``.hydra/`` and log there.
+  refuses at once; for ``train.py`` the check runs as a Hydra callback (``ftlab.cli.RunDirGuard``,
+  in conf/train.yaml), before Hydra writes the second run's ``.hydra/`` and log there.
 - A directory that holds a run (``metrics.json``, ``checkpoints/*.ckpt``, Lightning's
   ``hpc_ckpt_*.ckpt``) is refused to a new run: ``resume=true`` continues it.
 - ``resume=true`` continues from the newest of ``checkpoints/last.ckpt`` and
@@ -33,10 +33,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 from ftlab.errors import FtlabError
 
@@ -44,11 +40,12 @@ log = logging.getLogger("ftlab")
 
 LOCK_NAME = ".lock"
 LAST = Path("checkpoints") / "last.ckpt"  # also where a SIGTERM'd run saves (ftlab.faults)
-USER_ERROR_EXIT = 2  # ftlab.cli's; not imported from there, which would be circular
 
 # Locks this process holds, by resolved run directory: the Hydra callback takes the lock and
 # train() in the same process finds it here (a second flock of the same file would fail).
 _held: dict[Path, int] = {}
+# The overrides each claimed run was started with, for the command that resumes it.
+_overrides: dict[Path, list[str]] = {}
 
 
 @dataclass
@@ -124,22 +121,13 @@ def run_evidence(run_dir: Path) -> list[str]:
 def resume_command(run_dir: Path, overrides: list[str] | None = None) -> str:
     """The command that continues this run: the same overrides, resume=true, this directory."""
     if overrides is None:
-        overrides = _task_overrides()
+        overrides = _overrides.get(run_dir.resolve(), [])
     dropped = ("resume=", "ckpt_path=", "+resume=", "+ckpt_path=")
     kept = [o for o in overrides if not o.startswith(dropped)]
     program = sys.argv[0] if sys.argv and sys.argv[0] else "train.py"
     head = ["python", program] if program.endswith(".py") else [Path(program).name]
     words = [*head, *kept, "resume=true", f"hydra.run.dir={run_dir}"]
     return " ".join(shlex.quote(w) for w in words)
-
-
-def _task_overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # no Hydra run (a direct train(cfg) call)
-        return []
 
 
 def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = True) -> RunDir:
@@ -228,52 +216,29 @@ def release(run_dir: Path) -> None:
 
 
 @contextmanager
-def claim_run_dir(cfg: DictConfig) -> Iterator[RunDir]:
+def claim_run_dir(
+    run_dir: Path,
+    resume: bool = False,
+    ckpt_path: str | None = None,
+    check: bool = False,
+    overrides: list[str] | None = None,
+) -> Iterator[RunDir]:
     """``train()``'s run directory for the run's lifetime: locked, resume resolved.
 
     Under ``train.py`` RunDirGuard has claimed and checked it already (a single run) or this
-    checks it (a multirun job, whose failure the sweep records); a direct ``train(cfg)`` call
-    only locks it.
+    checks it (``check``: a multirun job, whose failure the sweep records); a direct call only
+    locks it. ``overrides`` are the run's command-line overrides, for the command that resumes
+    it after a preemption.
     """
-    run_dir = Path(cfg.paths.output_dir).resolve()
-    if cfg.get("plan"):  # plan=true only prints the plan and writes schedule.yaml
-        yield RunDir(run_dir)
-        return
+    run_dir = Path(run_dir).resolve()
     took = run_dir not in _held
-    run = claim(run_dir, bool(cfg.get("resume")), cfg.get("ckpt_path"), check=_in_multirun())
+    run = claim(run_dir, resume, ckpt_path, check=check)
+    _overrides[run_dir] = list(overrides or [])
     if run.note and is_global_zero():
         log.info("%s", run.note)
     try:
         yield run
     finally:
+        _overrides.pop(run_dir, None)
         if took:
             release(run_dir)
-
-
-def _in_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
-
-
-class RunDirGuard(Callback):
-    """Hydra callback (conf/train.yaml): claim a single run's directory before Hydra writes its
-    config and log there, so that a refused run leaves the other run's directory untouched."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("plan"):
-            return  # plan=true only prints the plan and writes schedule.yaml
-        try:
-            claim(Path(config.hydra.run.dir), bool(config.get("resume")), config.get("ckpt_path"))
-        except FtlabError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(USER_ERROR_EXIT)
-
-    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        release(Path(config.hydra.run.dir))

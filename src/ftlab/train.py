@@ -4,127 +4,50 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
 
 import lightning as L
 import yaml
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
 
-from ftlab.adapters import add_lora, save_run_adapter
+from ftlab import compose
+from ftlab.adapters import save_run_adapter
 from ftlab.checkpoints import check_resume
-from ftlab.data import build_data
 from ftlab.data.resumable import ExactResume
 from ftlab.devices import check_devices
 from ftlab.errors import FtlabError
 from ftlab.evaluation import RunEvaluation
 from ftlab.faults import AtomicCheckpointIO, FaultGuard, preemptible, recorded
-from ftlab.finetuning import Plan, build_plan
-from ftlab.finetuning.callback import PhaseCallback
 from ftlab.finetuning.features import FeatureCache
-from ftlab.finetuning.freezing import bn_params
 from ftlab.finetuning.report import print_plan
-from ftlab.loggers import build_loggers, finish, log_settings
-from ftlab.module import FinetuneModule, make_head
+from ftlab.loggers import finish, log_settings
 from ftlab.outputs import strip_prefix, write_json
 from ftlab.progress import progress_callbacks, quiet_lightning
-from ftlab.record import BackboneRecord, ModelRecord
 from ftlab.rundir import RunDir, claim_run_dir
+from ftlab.sweeps.pruning import pruned_status
 
 log = logging.getLogger("ftlab")
 
-# ftlab's own keys inside the optimizer and scheduler configs; torch never sees them.
-OPTIMIZER_KEYS = ("layer_decay", "lr_range")
-SCHEDULER_KEYS = ("interval", "monitor")
 # Lightning's own checkpoint loads: plain tensors and values only, never a pickle's code (the
 # file was checked by ftlab.checkpoints too; this also holds if it changed since).
 SAFE = {"weights_only": True}
 
 
-def split_keys(cfg: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[dict, dict]:
-    """``(config without keys, the keys' values)`` from a config node."""
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    own = {k: plain.pop(k) for k in keys if k in plain}
-    return plain, own
-
-
-def build_model(cfg: DictConfig):
-    """Backbone, data and head, with the plan over their parameters."""
-    backbone = instantiate(cfg.model)
-    freeze = OmegaConf.to_container(cfg.freeze, resolve=True)
-    lora = add_lora(backbone, freeze)  # before the plan, so the adapters get their layer group
-    data = build_data(cfg.data, backbone.input_spec)
-    data.prepare_data()
-    data.setup("fit")
-    head = make_head(backbone.num_features, data.num_classes, cfg.get("head_dropout", 0.0))
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    record = ModelRecord(  # plain values: eval.py rebuilds the model from them, never from code
-        backbone=BackboneRecord.from_config(model, backbone.weights_id),
-        classes=list(data.classes),
-        head_dropout=float(cfg.get("head_dropout", 0.0)),
-        lora=lora,  # eval.py re-injects the same adapters before loading the weights
-    )
-    module = FinetuneModule(backbone, head, data.num_classes, record=record)
-    named = dict(module.named_parameters())
-    optimizer_cfg, _ = split_keys(cfg.optimizer, ())
-    module.plan = build_plan(
-        freeze,
-        module.layer_groups(),
-        named,
-        optimizer_cfg,
-        module.no_weight_decay(),
-        bn_params(module),
-    )
-    return module, data
-
-
-def attach_optimization(module: FinetuneModule, cfg: DictConfig) -> None:
-    """Partials for the optimizer and scheduler, built later from the plan's param groups."""
-    optimizer_cfg, _ = split_keys(cfg.optimizer, OPTIMIZER_KEYS)
-    module.optimizer_factory = instantiate(optimizer_cfg)
-    scheduler_cfg, options = split_keys(cfg.scheduler, SCHEDULER_KEYS)
-    module.scheduler_options = options
-    module.scheduler_factory = instantiate(scheduler_cfg) if scheduler_cfg.get("_target_") else None
-
-
-def build_callbacks(cfg: Mapping[str, Any] | None, logging: bool = True) -> list[L.Callback]:
-    """The ``callbacks`` group's entries. Without a logger (``logger=none``) the lr monitor is
-    left out: Lightning refuses a LearningRateMonitor that has nowhere to log."""
-    callbacks = [
-        instantiate(conf)
-        for conf in (cfg or {}).values()
-        if isinstance(conf, Mapping) and conf.get("_target_")
-    ]
-    if not logging:
-        dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
-        if dropped:
-            log.info("logger=none: the lr monitor is off (it logs to a logger)")
-        callbacks = [c for c in callbacks if c not in dropped]
-    return callbacks
-
-
-def run_settings(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
-    """What the loggers record about the run: the resolved config (paths left out), the config
-    group chosen for each of model, data, freeze, strategy, ... and the plan's phase starts."""
-    from hydra.core.hydra_config import HydraConfig
-
-    settings: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    for machine_specific in ("paths", "hydra"):
-        settings.pop(machine_specific, None)
-    if HydraConfig.initialized():
-        choices = HydraConfig.get().runtime.choices
-        settings["choice"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
-    settings["schedule"] = {"phases": len(plan.phases), "starts": [p.epoch for p in plan.phases]}
-    return settings
-
-
 def train(cfg: DictConfig) -> float | None:
     """One run in ``cfg.paths.output_dir``, locked for its lifetime (ftlab.rundir)."""
     identity = {"model": {"name": cfg.model.name}, "seed": cfg.seed}
+    if cfg.get("plan"):  # print the plan, write schedule.yaml: no run directory to claim
+        return _train(cfg, RunDir(Path(cfg.paths.output_dir).resolve()))
+    claimed = claim_run_dir(
+        Path(cfg.paths.output_dir),
+        resume=bool(cfg.get("resume")),
+        ckpt_path=cfg.get("ckpt_path"),
+        check=compose.in_multirun(),  # a single run's was checked by the Hydra callback
+        overrides=compose.overrides(),
+    )
     # A SIGTERM before or between Lightning's loops ends as interrupted too (ftlab.faults).
-    with claim_run_dir(cfg) as run, preemptible(run.path, identity):
+    with claimed as run, preemptible(run.path, identity):
         return _train(cfg, run)
 
 
@@ -135,7 +58,7 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     check_devices(cfg.trainer)  # before building anything: a wrong device count fails at once
 
-    module, data = build_model(cfg)
+    module, data = compose.model_and_data(cfg)  # built whole: plan, phase callback, record
     plan = module.plan
     print_plan(plan)
     if cfg.get("plan"):
@@ -146,22 +69,36 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
             "plan only; schedule written to %s (use freeze=schedule freeze.phases=%s)", path, path
         )
         return None
-    attach_optimization(module, cfg)
-    evaluation = RunEvaluation(cfg, module, data)  # θ₀ snapshot; data.ood checked before fit
-
-    phases = PhaseCallback(plan)
-    cache = FeatureCache.from_config(cfg, plan, data)  # head-only epochs train on cached features
+    wise = cfg.get("wise_ft") or {}
+    evaluation = RunEvaluation(  # θ₀ snapshot; data.ood checked before fit
+        module,
+        data,
+        ood=compose.plain(cfg.data.get("ood")),
+        alphas=compose.plain(wise.get("alphas")),
+        save_best=bool(wise.get("save_best")),
+        test=bool(cfg.get("test", True)),
+        seed=int(cfg.seed),
+    )
+    # Head-only epochs train on cached features (ftlab.finetuning.features).
+    cache = FeatureCache.for_module(
+        module, data, compose.plain(cfg.trainer), cfg.paths.get("cache_dir")
+    )
+    # The module may wrap what fit reads (ftlab.distillation: the teacher's cached logits).
+    fit_data = module.fit_data(
+        cache.datamodule, data, compose.plain(cfg.trainer), cfg.paths.get("cache_dir")
+    )
     show_bar, progress = progress_callbacks()
     # SIGTERM saves last.ckpt; a nan/inf loss stops the run (both decided every N steps)
     guard = FaultGuard(run_dir, plan, check_every=cfg.faults.check_every)
-    loggers = build_loggers(cfg.get("logger"))
-    settings = run_settings(cfg, plan)
+    loggers = compose.loggers(cfg)
+    settings = compose.run_settings(cfg, plan)
     log_settings(loggers, settings)  # filter and compare runs by them in W&B and TensorBoard
-    own = build_callbacks(cfg.get("callbacks"), logging=bool(loggers))
-    # ExactResume: a mid-epoch checkpoint resumes exactly (ftlab.data.resumable)
-    callbacks = [*own, phases, guard, *cache.callbacks, *progress, ExactResume()]
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
+    own = compose.callbacks(cfg, logging=bool(loggers))
+    # The module adds its own PhaseCallback (configure_callbacks). ExactResume: a mid-epoch
+    # checkpoint resumes exactly (ftlab.data.resumable).
+    callbacks = [*own, guard, *cache.callbacks, *progress, ExactResume()]
+    trainer = compose.trainer(
+        cfg,
         callbacks=callbacks,
         logger=loggers or False,
         enable_progress_bar=show_bar,
@@ -181,8 +118,9 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         log.info("resuming from %s", run.ckpt_path)
     identity = {"model": {"name": cfg.model.name}, "seed": cfg.seed}
     with recorded(trainer, run_dir, identity):  # metrics.json says interrupted or failed
-        trainer.fit(module, datamodule=cache.datamodule, ckpt_path=run.ckpt_path, **SAFE)
+        trainer.fit(module, datamodule=fit_data, ckpt_path=run.ckpt_path, **SAFE)
         # Read the phase record before validate/test reload the best checkpoint.
+        phases = module.phases
         history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
         best = _best_checkpoint(trainer)
         val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
@@ -214,22 +152,27 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         "feature_cache": cache.report(),
         "model": {"name": cfg.model.name, "weights_id": getattr(module.backbone, "weights_id", "")},
         "data": {"target": cfg.data._target_, "num_classes": data.num_classes, **data.summary()},
+        "module": {"target": cfg.module._target_, **module.report()},
         "seed": cfg.seed,
         "phases": history,
         "rank_checksums": checksums,
         "world_size": trainer.world_size,
         **extra,  # ood, wise_ft, drift (ftlab.evaluation)
     }
+    metrics.update(pruned_status(trainer))  # an Optuna pruner stopped it: status, epoch, value
     value = _optimized(cfg, val[0] if val else {}, test[0] if test else {})
     metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": value}
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
-        log.info(
-            "test accuracy %.4f, val accuracy %.4f; run directory: %s",
-            metrics["test"].get("acc", float("nan")),
-            metrics["val"].get("acc", float("nan")),
-            run_dir,
-        )
+        if "acc" in metrics["val"]:
+            log.info(
+                "test accuracy %.4f, val accuracy %.4f; run directory: %s",
+                metrics["test"].get("acc", float("nan")),
+                metrics["val"]["acc"],
+                run_dir,
+            )
+        else:  # a module of one's own, with its own metrics
+            log.info("%s %s; run directory: %s", cfg.optimized_metric, value, run_dir)
     return value
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ftlab.errors import FtlabError
-from ftlab.finetuning.plan import lora_settings
+from ftlab.finetuning.spec import FreezeSpec
 from ftlab.record import parse_lora
 
 if TYPE_CHECKING:
@@ -33,9 +34,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER = "default"  # peft's adapter name, the one PeftModel.from_pretrained loads into
 DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": None}
-# Default targets by family: the attention and MLP linears of transformer blocks.
-TIMM_TARGETS = ("qkv", "proj", "fc1", "fc2")  # timm ViT, DeiT, Swin, ConvNeXt (MLP only)
-HF_TARGETS = ("query", "value", "q_lin", "v_lin")  # BERT-like; DistilBERT
 ADAPTER_FILE = "adapter_model.safetensors"
 HEAD_FILE = "head.safetensors"
 PEFT_PREFIX = "base_model.model."  # key prefix of a PeftModel's saved adapter
@@ -55,16 +53,18 @@ def cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
-def add_lora(backbone: nn.Module, freeze: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Inject the adapters the ``freeze`` config asks for; return their settings (None: no LoRA).
+def add_lora(
+    backbone: nn.Module, freeze: FreezeSpec | Mapping[str, Any] | str
+) -> dict[str, Any] | None:
+    """Inject the adapters the ``freeze`` spec asks for; return their settings (None: no LoRA).
 
     The settings hold the resolved module names, so :func:`inject_lora` rebuilds the same model
     from a checkpoint's record (ftlab.record).
     """
-    given = lora_settings(freeze)
+    spec = FreezeSpec.parse(freeze)
+    given, prefix = spec.lora, spec.lora_prefix
     if given is None:
         return None
-    prefix = "freeze." if freeze.get("name") == "lora" else "freeze.lora."
     settings = _validated({**DEFAULTS, **given}, prefix)
     settings["target_modules"] = _resolve_targets(backbone, settings["target_modules"], prefix)
     inject_lora(backbone, settings, prefix)
@@ -107,8 +107,31 @@ def save_adapter(
     config = _config(settings)
     config.base_model_name_or_path = getattr(backbone, "name", None)
     config.save_pretrained(str(out))
+    _record_base(backbone, out / "adapter_config.json")
     save_file(cpu_state(head.state_dict()), out / HEAD_FILE)
     return (out / ADAPTER_FILE).stat().st_size
+
+
+BASE_KEY = "ftlab_base"  # adapter_config.json: the base weights the adapter was trained on
+
+
+def _record_base(backbone: nn.Module, path: Path) -> None:
+    """Add the base's source to peft's ``adapter_config.json``.
+
+    ``base_model_name_or_path`` names the architecture only. ``ftlab_base`` is the backbone's
+    record (ftlab.record.BackboneRecord: kind, name, pretrained, ``weights`` as a package, file or
+    null for the hub, options, ``weights_id``), so the base trained on can be rebuilt with
+    ``build_backbone``. peft ignores the key, with a warning naming it.
+    """
+    record = getattr(backbone, "record", None)
+    base = (
+        asdict(record)
+        if record is not None
+        else {"name": getattr(backbone, "name", None), "weights_id": backbone.weights_id}
+    )
+    config = json.loads(path.read_text())
+    config[BASE_KEY] = base
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def load_adapter(backbone: nn.Module, directory: Path) -> None:
@@ -220,13 +243,15 @@ def _resolve_targets(
 
 
 def _default_targets(backbone: nn.Module, named: Mapping[str, nn.Module]) -> list[str]:
-    """Transformer linears by family; for timm models without them, every ungrouped conv
-    (peft cannot merge LoRA into grouped or depthwise convs)."""
-    suffixes = HF_TARGETS if backbone.family == "hf" else TIMM_TARGETS
+    """The linears the backbone names as its adapter targets (``Backbone.adapter_targets``,
+    data on the backbone as its layer groups are); for a backbone that has none of them and
+    allows it (``adapter_convs``), every ungrouped conv (peft cannot merge LoRA into grouped or
+    depthwise convs)."""
+    suffixes = tuple(backbone.adapter_targets)
     linears = [
         n for n, m in named.items() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in suffixes
     ]
-    if linears or backbone.family == "hf":
+    if linears or not backbone.adapter_convs:
         return linears
     return [n for n, m in named.items() if isinstance(m, nn.Conv2d) and m.groups == 1]
 

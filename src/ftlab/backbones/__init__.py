@@ -50,12 +50,21 @@ def build_backbone(
     Raises:
         FtlabError: unknown name, unreachable hub, missing or unusable weights.
     """
-    weights = weights or None  # an empty override (model.weights=) means none
-    if resolve_source(name, source) == "timm":
-        return build_timm_backbone(name, pretrained=pretrained, weights=weights, **extra)
-    from ftlab.backbones.hf_backbone import build_hf_backbone
+    from ftlab.record import BackboneRecord
 
-    return build_hf_backbone(name, pretrained=pretrained, weights=weights, **extra)
+    weights = weights or None  # an empty override (model.weights=) means none
+    kind = resolve_source(name, source)
+    if kind == "timm":
+        backbone = build_timm_backbone(name, pretrained=pretrained, weights=weights, **extra)
+    else:
+        from ftlab.backbones.hf_backbone import build_hf_backbone
+
+        backbone = build_hf_backbone(name, pretrained=pretrained, weights=weights, **extra)
+    # How it was built, as plain values: what checkpoints record to rebuild it (ftlab.record).
+    backbone.record = BackboneRecord(
+        kind, name, pretrained, weights, dict(extra), backbone.weights_id
+    )
+    return backbone
 
 
 def __getattr__(name: str) -> Any:

@@ -37,6 +37,11 @@ class Backbone(nn.Module):
 
     family: str = ""
     modality: Modality
+    # LoRA's default targets (ftlab.adapters.lora): the names that end the attention and MLP
+    # linears of this family's transformer blocks; with none of them in the model, every
+    # ungrouped conv when ``adapter_convs``.
+    adapter_targets: tuple[str, ...] = ()
+    adapter_convs: bool = False
 
     def __init__(
         self,

@@ -21,6 +21,10 @@ from ftlab.errors import FtlabError
 from ftlab.specs import ImageSpec, TextSpec
 
 MAX_TEXT_LENGTH = 512  # longer sequences are rarely worth their quadratic attention cost
+# model.pooling for text: the masked mean of the tokens (sentence-transformers' encoders, as
+# MiniLM was trained), or the first ([CLS]) token's final hidden state, which a linear
+# classification head on [CLS] (ViT's, transformers' BERT head) reproduces on export.
+POOLINGS = ("mean", "cls")
 
 
 def _text_spec(tokenizer: Any, config: Any, label: str) -> TextSpec:
@@ -45,12 +49,21 @@ def _image_spec(processor: Any) -> ImageSpec:
 
 class HFBackbone(Backbone):
     """A Hugging Face encoder. Text: ``forward({input_ids, attention_mask, ...})``, mean-pooled
-    over real tokens; images: ``forward(pixel_values [B,3,H,W])``, CLS token (spatial mean for
-    convolutional models)."""
+    over real tokens (``pooling="cls"``: the first token); images:
+    ``forward(pixel_values [B,3,H,W])``, CLS token (spatial mean for convolutional models)."""
 
     family = "hf"
+    adapter_targets = ("query", "value", "q_lin", "v_lin")  # BERT-like; DistilBERT
 
-    def __init__(self, model: nn.Module, preprocessor: Any, name: str, weights_id: str, label: str):
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocessor: Any,
+        name: str,
+        weights_id: str,
+        label: str,
+        pooling: str | None = None,
+    ):
         # We pool last_hidden_state ourselves; a pooler left in would get no gradient, and DDP
         # fails on parameters that take no part in the loss.
         if getattr(model, "pooler", None) is not None:
@@ -67,6 +80,8 @@ class HFBackbone(Backbone):
             input_spec=spec,
         )
         self.model_type: str = config.model_type
+        self.preprocessor = preprocessor  # tokenizer or image processor: export=hf saves it
+        self.pooling = _pooling(pooling, text, convolutional=hasattr(config, "hidden_sizes"))
         # DistilBERT takes no token_type_ids; pass only what forward accepts.
         self._accepted = frozenset(inspect.signature(model.forward).parameters)
 
@@ -76,11 +91,25 @@ class HFBackbone(Backbone):
             return hidden[:, 0] if hidden.ndim == 3 else hidden.mean(dim=(2, 3))
         kwargs = {k: v for k, v in inputs.items() if k in self._accepted}
         hidden = self.model(**kwargs).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
     def layer_groups(self) -> list[LayerGroup]:
         return hf_layer_groups(self.model, self.model_type, MODEL_PREFIX)
+
+
+def _pooling(given: str | None, text: bool, convolutional: bool) -> str:
+    """``model.pooling``: text models take mean (default) or cls; image models pool as their
+    transformers classification head does (ViT: cls; convolutional: the spatial mean)."""
+    own = "mean" if text or convolutional else "cls"
+    if given is None or given == own:
+        return own
+    if text and given in POOLINGS:
+        return given
+    choices = ", ".join(POOLINGS) if text else f"{own} (this image model's own pooling)"
+    raise FtlabError(f"model.pooling={given!r} must be one of {choices}, or null")
 
 
 def _hub_message(name: str, reason: str) -> str:
@@ -103,6 +132,7 @@ def build_hf_backbone(
     ``model.pretrained=false`` keeps the architecture and tokenizer but initialises randomly.
     ``extra`` options override config attributes (e.g. ``hidden_dropout_prob``).
     """
+    pooling = extra.pop("pooling", None)  # ftlab's own option, not a config attribute
     spec = weights if weights is not None else (name if is_hf_dir(name) else None)
     if spec is None:
         location, label = name, "hub"
@@ -132,7 +162,7 @@ def build_hf_backbone(
         loader = AutoImageProcessor if model.main_input_name == "pixel_values" else AutoTokenizer
         preprocessor = loader.from_pretrained(location)
     weights_id = f"{name}@{label}" if pretrained else random_weights_id(name)
-    return HFBackbone(model, preprocessor, name, weights_id, label if spec else name)
+    return HFBackbone(model, preprocessor, name, weights_id, label if spec else name, pooling)
 
 
 @contextmanager

@@ -39,6 +39,8 @@ class TimmBackbone(Backbone):
     """A timm model without its classifier; ``forward(images [B,3,H,W]) -> [B, num_features]``."""
 
     family = "timm"
+    adapter_targets = ("qkv", "proj", "fc1", "fc2")  # ViT, DeiT, Swin; ConvNeXt's MLP
+    adapter_convs = True  # CNNs: every ungrouped conv
 
     def __init__(self, model: nn.Module, name: str, weights_id: str) -> None:
         # Some models add a pre-logits layer after pooling (MobileNetV3); its width is the output.

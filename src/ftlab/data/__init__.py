@@ -4,9 +4,9 @@ Each is built by :func:`build_data` for the backbone's ``input_spec`` and yields
 ``(inputs, labels)``; see :class:`~ftlab.data.base.ClassificationDataModule` for the common keys.
 """
 
+from collections.abc import Mapping
+from importlib import import_module
 from typing import Any
-
-from hydra.utils import instantiate
 
 from ftlab.data.base import ClassificationDataModule, Splits
 from ftlab.data.bbc_news import BBCNewsDataModule
@@ -15,6 +15,7 @@ from ftlab.data.images import ImageDataModule
 from ftlab.data.in_memory import DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
 from ftlab.data.text import TextDataModule
 from ftlab.data.text_csv import TextCSVDataModule
+from ftlab.errors import FtlabError
 from ftlab.specs import ImageSpec, TextSpec
 
 __all__ = [
@@ -32,12 +33,37 @@ __all__ = [
 ]
 
 
-def build_data(cfg: Any, input_spec: ImageSpec | TextSpec) -> ClassificationDataModule:
-    """Instantiate ``cfg.data`` for a backbone's ``input_spec``.
+def data_class(target: str | type) -> type[ClassificationDataModule]:
+    """The data module class a data config's ``_target_`` names (a dotted path, or the class)."""
+    cls = target
+    if isinstance(target, str):
+        module, _, name = target.rpartition(".")
+        try:
+            cls = getattr(import_module(module), name) if module else None
+        except (ImportError, AttributeError):
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, ClassificationDataModule)):
+        raise FtlabError(
+            f"data._target_={target} is not a data module class: give the dotted path of a "
+            "ftlab.data.ClassificationDataModule subclass, e.g. ftlab.data.DigitsDataModule"
+        )
+    return cls
 
-    The spec goes in through a partial: passed to ``instantiate`` directly, Hydra would turn the
-    dataclass (and its tokenizer) into a DictConfig.
+
+def build_data(
+    config: Mapping[str, Any], input_spec: ImageSpec | TextSpec
+) -> ClassificationDataModule:
+    """The data module of a data config (``conf/data/*.yaml`` as plain values) for a backbone's
+    ``input_spec``: ``_target_`` names the class, the other keys are its arguments.
+
+    Data configs are flat (a class and its keyword values), so this needs no Hydra: the class
+    is imported and checked to be a data module, so a config cannot call anything else.
+    ``ood`` (evaluation-only test sets, ftlab.evaluation.ood) is not a constructor key.
     """
-    if "ood" in cfg:  # evaluation-only test sets (ftlab.evaluation.ood), not a constructor key
-        cfg = {key: value for key, value in cfg.items() if key != "ood"}
-    return instantiate(cfg, _partial_=True)(input_spec=input_spec)
+    options = {k: v for k, v in config.items() if k not in ("_target_", "ood")}
+    try:
+        return data_class(config.get("_target_", ""))(input_spec=input_spec, **options)
+    except TypeError as err:
+        if "argument" not in str(err):
+            raise
+        raise FtlabError(f"data: {err}".replace("__init__() ", "")) from None

@@ -18,14 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from hydra.errors import InstantiationException
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from ftlab.cli import conf_dir
 from ftlab.data import build_data
 from ftlab.data.base import ClassificationDataModule
 from ftlab.data.images import ImageDataModule
@@ -39,6 +35,7 @@ from ftlab.evaluation.shifts import (
     ShiftedImages,
     shift_texts,
 )
+from ftlab.options import load_option
 from ftlab.specs import ImageSpec, InputSpec
 
 ITEM_KEYS = ("name", "shift", "severity", "seed", "config", "data")
@@ -159,7 +156,7 @@ def _other_data(
     overrides = item.get("data") or {}
     if not isinstance(overrides, Mapping):
         raise FtlabError(f"{where}.data must be a data config mapping (with _target_)")
-    cfg = load_data_option(item["config"], where) if item.get("config") else {}
+    cfg = load_option("data", item["config"], f"{where}.config") if item.get("config") else {}
     # The run's loader and input-size settings, unless the item's own data: sets them.
     cfg = {**cfg, **_shared_keys(data), **overrides}
     cfg.pop("ood", None)
@@ -176,26 +173,14 @@ def _other_data(
         ood = build_data(cfg, input_spec)
         ood.prepare_data()
         ood.setup("test")
-    except InstantiationException as err:
-        cause = err.__cause__ or err
-        raise FtlabError(f"{where} ({name}): {str(cause).strip().splitlines()[0]}") from err
+    except FtlabError as err:
+        raise FtlabError(f"{where} ({name}): {err}") from err
     if list(ood.classes) != list(data.classes):
         raise FtlabError(
             f"{where} ({name}) has classes {list(ood.classes)[:10]} but the training data has "
             f"{list(data.classes)[:10]}: an OOD set needs the same classes in the same order"
         )
     return name, ood.test_dataloader()
-
-
-def load_data_option(option: str, where: str) -> dict[str, Any]:
-    """``conf/data/<option>.yaml`` as a dict."""
-    folder = Path(conf_dir()) / "data"
-    path = folder / f"{option}.yaml"
-    if not path.is_file():
-        options = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-        raise FtlabError(f"{where}.config={option} is not a data option: use one of {options}")
-    loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return dict(loaded)  # type: ignore[arg-type]
 
 
 def _shared_keys(data: ClassificationDataModule) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from ftlab.data.base import ClassificationDataModule
+from ftlab.errors import FtlabError
 from ftlab.evaluation.drift import linear_cka, merged_state, weight_change
 from ftlab.evaluation.loop import Limit, batch_limit, evaluate, feature_batches, pooled_features
 from ftlab.evaluation.ood import build_ood_sets
@@ -33,7 +33,7 @@ from ftlab.evaluation.wise_ft import (
     write_csv,
 )
 from ftlab.finetuning import HEAD, Plan
-from ftlab.module import FinetuneModule
+from ftlab.module import Classifier, FinetuneModule
 from ftlab.progress import Progress
 
 log = logging.getLogger("ftlab")
@@ -56,16 +56,30 @@ class RunEvaluation:
     bad ``data.ood`` fails before training). ``after_fit`` evaluates the module as the trainer
     left it (the best checkpoint after validate/test) and returns the metrics.json entries."""
 
-    def __init__(self, cfg: DictConfig, module: FinetuneModule, data: ClassificationDataModule):
+    def __init__(
+        self,
+        module: FinetuneModule,
+        data: ClassificationDataModule,
+        ood: list[Any] | None = None,
+        alphas: list[float] | None = None,
+        save_best: bool = False,
+        test: bool = True,
+        seed: int = 0,
+    ) -> None:
+        """``ood``: the ``data.ood`` items (ftlab.evaluation.ood); ``alphas``: WiSE-FT's
+        (``wise_ft.alphas``, None: off), ``save_best`` writes the best α's checkpoint; ``test``:
+        whether the run tests; ``seed``: of the shifted OOD sets."""
         self.module, self.data = module, data
         self.pretrained = snapshot(module.backbone)
-        wise = cfg.get("wise_ft") or {}
-        self.alphas = check_alphas(wise.get("alphas"))
-        self.save_best = bool(wise.get("save_best"))
-        self.test = bool(cfg.get("test", True))
-        ood = cfg.data.get("ood")
-        items = OmegaConf.to_container(ood, resolve=True) if OmegaConf.is_config(ood) else ood
-        self.ood_sets = build_ood_sets(items, data, module.backbone.input_spec, int(cfg.seed))
+        self.alphas = check_alphas(alphas)
+        self.save_best = bool(save_best)
+        self.test = bool(test)
+        if (ood or self.alphas) and not isinstance(module, Classifier):
+            raise FtlabError(
+                "data.ood and wise_ft.alphas score single-label classifiers; "
+                f"{type(module).__name__} is not one (ftlab.module.Classifier): drop them for it"
+            )
+        self.ood_sets = build_ood_sets(ood, data, module.backbone.input_spec, int(seed))
 
     def after_fit(self, trainer: L.Trainer, run_dir: Path) -> dict[str, Any]:
         """OOD metrics, drift and WiSE-FT (rank 0 only); writes the CSV, figures and checkpoint

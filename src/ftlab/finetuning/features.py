@@ -32,7 +32,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
@@ -50,6 +49,7 @@ from ftlab.checkpoints import first_line
 from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FtlabError
 from ftlab.finetuning.plan import HEAD, Plan
+from ftlab.finetuning.spec import FreezeSpec
 from ftlab.progress import LOG_EVERY_S, track
 
 log = logging.getLogger("ftlab")
@@ -57,8 +57,6 @@ log = logging.getLogger("ftlab")
 FEATURES = "features"  # batch inputs {FEATURES: [B, F]} are backbone outputs: skip the backbone
 CACHE_VERSION = 1  # bump when a code change alters the features a backbone produces
 FILE_FORMAT = "ftlab-features"  # the metadata's "format"; files without it are recomputed
-# auto: L-BFGS whenever phase 0 trains the head alone on cached features; none: the optimizer.
-HEAD_SOLVERS = ("auto", "lbfgs", "none")
 
 
 @dataclass(frozen=True)
@@ -79,12 +77,18 @@ class CachePlan:
 
 
 def plan_cache(
-    plan: Plan, freeze: Mapping[str, Any], data: Any, trainer: Mapping[str, Any]
+    plan: Plan,
+    freeze: FreezeSpec | Mapping[str, Any] | str,
+    data: Any,
+    trainer: Mapping[str, Any],
+    blocker: str | None = None,
 ) -> CachePlan:
-    """Decide from the plan and configs, before training, which epochs train on cached features."""
-    enabled = freeze.get("cache_features", True)
-    if not isinstance(enabled, bool):
-        raise FtlabError(f"freeze.cache_features={enabled} must be true or false")
+    """Decide from the plan and configs, before training, which epochs train on cached features.
+
+    ``blocker`` is the module's reason, if any, why its training steps need the inputs
+    themselves (e.g. mixup mixes images; a teacher reads them).
+    """
+    enabled = FreezeSpec.parse(freeze).cache_features
     until, head_only = None, True
     for index, phase in enumerate(plan.phases):
         others = sorted({u.group for u in plan.units if u.phase == index and u.group != HEAD})
@@ -98,6 +102,8 @@ def plan_cache(
         return CachePlan(0, "freeze.cache_features=false", head_only=head_only)
     if not head_only:
         return CachePlan(0, more)
+    if blocker:
+        return CachePlan(0, blocker, head_only=True)
     if getattr(data, "augment", False):
         return CachePlan(0, "data.augment=true draws random augmentations", head_only=True)
     # Caching a whole split costs a pass over it; partial epochs would not repay it.
@@ -155,14 +161,24 @@ class FeatureCache(L.LightningDataModule):
         self.solver = HeadSolver(self) if head_solver == "lbfgs" else None
 
     @classmethod
-    def from_config(cls, cfg: Any, plan: Plan, data: L.LightningDataModule) -> FeatureCache:
-        """The run's cache from ``freeze``, ``trainer`` and ``paths.cache_dir``; logs its choice."""
-        freeze = OmegaConf.to_container(cfg.freeze, resolve=True)
-        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-        decision = plan_cache(plan, freeze, data, trainer)
+    def for_module(
+        cls,
+        module: Any,
+        data: L.LightningDataModule,
+        trainer: Mapping[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> FeatureCache:
+        """The cache for a module's plan and freeze spec on ``data``; logs its choice.
+
+        ``trainer`` holds the Trainer's keyword arguments (its batch limits decide whether a
+        whole split is visited); ``cache_dir`` keeps the features on disk across runs. The
+        module may name a reason its steps need the inputs (``cache_blocker``).
+        """
+        blocker = getattr(module, "cache_blocker", lambda: None)()
+        decision = plan_cache(module.plan, module.freeze, data, trainer or {}, blocker)
         log.info("feature cache %s: %s", "on" if decision.used else "off", decision.reason)
-        solver = solver_name(freeze, decision)
-        return cls(data, decision, cfg.paths.get("cache_dir"), solver)
+        solver = solver_name(module.freeze, decision)
+        return cls(data, decision, cache_dir, solver)
 
     @property
     def callbacks(self) -> list[L.Callback]:
@@ -240,20 +256,13 @@ class FeatureCache(L.LightningDataModule):
         trainer, module = self.trainer, self.trainer.lightning_module
         key = cache_key(module.backbone, self.data, split, str(trainer.precision))
         path = self.cache_dir / f"{key}.safetensors" if self.cache_dir else None
-        samples = len(loader.dataset)
-        stored = read_features(path, key, samples) if path is not None else None
-        if stored is None:
-            # Rank 0 alone writes, so it alone queues behind other jobs computing this file.
-            turn = path is not None and trainer.is_global_zero
-            with _one_job_computes(path) if turn else nullcontext():
-                stored = read_features(path, key, samples) if turn else None  # written meanwhile?
-                if stored is None:
-                    stored = compute_features(module.backbone, loader, trainer, f"{split} features")
-                    self.sources[split] = "computed"
-                    if turn:
-                        write_features(path, key, *stored)
-        features, labels = stored
-        self.sources.setdefault(split, "disk")
+        (features, labels), self.sources[split] = read_or_compute(
+            path,
+            key,
+            len(loader.dataset),
+            lambda: compute_features(module.backbone, loader, trainer, f"{split} features"),
+            writer=trainer.is_global_zero,
+        )
         self.seconds += time.perf_counter() - started
         log.info(
             "%s features %s: %d x %d in %.1f s%s",
@@ -278,6 +287,7 @@ def cache_key(backbone: nn.Module, data: Any, split: str, precision: str) -> str
         "version": CACHE_VERSION,
         "backbone": type(backbone).__name__,
         "weights_id": getattr(backbone, "weights_id", ""),
+        "pooling": getattr(backbone, "pooling", None),  # model.pooling=cls: other features
         "state": digest.hexdigest(),
         "data": type(data).__name__,
         "fingerprint": data.fingerprint(),
@@ -286,6 +296,33 @@ def cache_key(backbone: nn.Module, data: Any, split: str, precision: str) -> str
     }
     blob = json.dumps(identity, sort_keys=True).encode()
     return f"{split}-{hashlib.sha256(blob).hexdigest()[:24]}"
+
+
+def read_or_compute(
+    path: Path | None,
+    key: str,
+    samples: int,
+    compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    writer: bool = True,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
+    """The verified tensors at ``path``, else ``compute()``'s, written there by the ``writer``
+    (rank 0); with their source, ``"disk"`` or ``"computed"``. ``path`` None: compute only.
+
+    Shared by the feature cache and the teacher-logit cache (ftlab.distillation).
+    """
+    stored = read_features(path, key, samples) if path is not None else None
+    if stored is not None:
+        return stored, "disk"
+    # Rank 0 alone writes, so it alone queues behind other jobs computing this file.
+    turn = path is not None and writer
+    with _one_job_computes(path) if turn else nullcontext():
+        stored = read_features(path, key, samples) if turn else None  # written meanwhile?
+        if stored is not None:
+            return stored, "disk"
+        stored = compute()
+        if turn:
+            write_features(path, key, *stored)
+    return stored, "computed"
 
 
 @torch.no_grad()
@@ -474,7 +511,7 @@ def _one_job_computes(path: Path) -> Iterator[None]:
 # --- head solver ---------------------------------------------------------------------------------
 
 
-def solver_name(freeze: Mapping[str, Any], cache: CachePlan) -> str | None:
+def solver_name(freeze: FreezeSpec | Mapping[str, Any] | str, cache: CachePlan) -> str | None:
     """``freeze.head_solver`` resolved to ``"lbfgs"`` or None (the optimizer alone).
 
     ``auto`` (the default) fits the head by L-BFGS whenever phase 0 trains it alone on cached
@@ -483,10 +520,7 @@ def solver_name(freeze: Mapping[str, Any], cache: CachePlan) -> str | None:
     L-BFGS). ``lbfgs`` insists: a run without cached features is refused. ``none`` (or null)
     leaves the head to the optimizer.
     """
-    name = freeze.get("head_solver", "auto")
-    name = "none" if name is None else name
-    if name not in HEAD_SOLVERS:
-        raise FtlabError(f"freeze.head_solver={name!r} is unknown: use auto, lbfgs or none")
+    name = FreezeSpec.parse(freeze).head_solver
     if name == "none":
         return None
     if cache.used:
@@ -512,11 +546,13 @@ def fit_head_lbfgs(
     labels: torch.Tensor,
     l2: float,
     max_iter: int = 100,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Fit the head by full-batch L-BFGS on cross-entropy + ``l2``/2 · ‖weights‖² (biases are
-    not penalized), as LP-FT fits its linear probe. Returns the loss before and after."""
+    """Fit the head by full-batch L-BFGS on ``criterion`` (cross-entropy by default; the
+    module's own loss in a run) + ``l2``/2 · ‖weights‖² (biases are not penalized), as LP-FT
+    fits its linear probe. Returns the loss before and after."""
     weights = [p for p in head.parameters() if p.ndim > 1]
-    criterion = nn.CrossEntropyLoss()
+    criterion = criterion or nn.CrossEntropyLoss()
     was_training = head.training
     head.eval()  # head dropout off: L-BFGS needs a deterministic objective
 
@@ -567,7 +603,9 @@ class HeadSolver(L.Callback):
         weight = next(pl_module.head.parameters())  # features of a bf16-mixed run are bf16
         features = features.to(weight.device, weight.dtype)
         l2 = 1.0 / max(len(labels), 1)
-        self.result = fit_head_lbfgs(pl_module.head, features, labels.to(weight.device), l2)
+        self.result = fit_head_lbfgs(
+            pl_module.head, features, labels.to(weight.device), l2, criterion=pl_module.loss
+        )
         self.result["l2"] = l2
         # Ranks fit on the same data; rank 0's head makes them bit-identical.
         for param in pl_module.head.parameters():

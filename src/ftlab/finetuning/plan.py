@@ -13,31 +13,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ftlab.errors import FtlabError
+from ftlab.finetuning.spec import FreezeSpec
 
 HEAD = "head"
 # The LoRA adapters' layer group (ftlab.adapters), just below the head when the model has them.
 LORA = "lora"
 # A group name for every backbone layer group: the base weights, without the head and adapters.
 BACKBONE = "backbone"
-LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
-BN_MODES = ("frozen", "train")
 PHASE_KEYS = ("epoch", "groups", "lr", "lr_scale")
-
-# The keys each schedule accepts; anything else in `freeze` is an error, never ignored.
-SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "linear_probe": (),
-    "gradual": ("every", "step", "until"),
-    "bottom_k": ("k",),
-    "lp_ft": ("lp_epochs", "ft_lr_scale"),
-    "lora": LORA_KEYS,
-    "schedule": ("phases", "lora"),
-}
-COMMON_KEYS = ("name", "bn", "cache_features", "head_solver")
 
 
 @dataclass(frozen=True)
@@ -88,7 +74,7 @@ class Plan:
     group_numel: Mapping[str, int]
     bn: str
     frozen_forever: tuple[str, ...] = field(default=())  # parameters no phase unfreezes
-    lora: Mapping[str, Any] | None = None  # LoRA settings (lora_settings) the adapters came from
+    lora: Mapping[str, Any] | None = None  # LoRA settings (FreezeSpec.lora) the adapters came from
 
     def phase_at(self, epoch: int) -> int:
         """Index of the phase active at ``epoch``."""
@@ -139,32 +125,8 @@ class Plan:
         return out
 
 
-def lora_settings(freeze: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The LoRA settings of a ``freeze`` config (None without LoRA), as given.
-
-    ``freeze=lora`` holds them as its own keys (``freeze.r``), ``freeze=schedule`` in
-    ``freeze.lora`` (``freeze.lora.r``) or in the schedule file that plan=true writes.
-    """
-    if freeze.get("name") == "lora":
-        return {k: freeze[k] for k in LORA_KEYS if k in freeze}
-    if freeze.get("name") != "schedule":
-        return None
-    lora, phases = freeze.get("lora"), freeze.get("phases")
-    if lora is None and isinstance(phases, str):
-        written = _read_schedule_file(phases)
-        lora = written.get("lora") if isinstance(written, Mapping) else None
-    if lora is None:
-        return None
-    if not isinstance(lora, Mapping):
-        raise FtlabError(f"freeze.lora={lora} must be a mapping like {{r: 8, alpha: 16}} or null")
-    for key in lora:
-        if key not in LORA_KEYS:
-            raise FtlabError(f"freeze.lora.{key} is not a LoRA key: use {', '.join(LORA_KEYS)}")
-    return dict(lora)
-
-
 def build_plan(
-    freeze: Mapping[str, Any],
+    freeze: FreezeSpec | Mapping[str, Any] | str,
     groups: Sequence[tuple[str, Sequence[str]]],
     params: Mapping[str, Any],
     optimizer: Mapping[str, Any],
@@ -174,35 +136,22 @@ def build_plan(
     """Validate the configs and assign every parameter a phase and an lr.
 
     Args:
-        freeze: the ``freeze`` config (``name`` plus that schedule's keys).
+        freeze: the parsed ``freeze`` config (or the config itself, parsed here).
         groups: ordered ``(name, parameter names)``, input to head; the last is the head.
         params: parameter name -> tensor (only ``numel`` and ``ndim`` are read).
         optimizer: the ``optimizer`` config (lr, weight_decay, layer_decay, lr_range).
         no_weight_decay: parameter names the model says must not decay.
         bn_params: parameters of BatchNorm layers (they keep training when ``bn=train``).
     """
-    freeze = dict(freeze)
-    name = freeze.get("name")
-    if name not in SCHEDULE_KEYS:
-        raise FtlabError(f"freeze.name={name!r} is unknown: use one of {', '.join(SCHEDULE_KEYS)}")
-    allowed = COMMON_KEYS + SCHEDULE_KEYS[name]
-    for key in freeze:
-        if key not in allowed:
-            raise FtlabError(
-                f"freeze.{key} is not a key of freeze={name}: its keys are {', '.join(allowed)}"
-            )
-    bn = freeze.get("bn", "frozen")
-    if bn not in BN_MODES:
-        raise FtlabError(f"freeze.bn={bn!r} is unknown: use frozen or train")
-
+    spec = FreezeSpec.parse(freeze)
     group_names = [g for g, _ in groups]
     if group_names[-1] != HEAD:
         raise ValueError("the last layer group must be the head")
     base_lr, factors = _discriminative(optimizer, len(groups) - 1)
-    phases = _SCHEDULES[name](freeze, group_names[:-1], base_lr)
+    phases = _SCHEDULES[spec.name](spec.options, group_names[:-1], base_lr)
     _check_phases(phases)
     owner = _assign(phases, groups, set(params))
-    if bn == "train":  # fastai's train_bn: BatchNorm affine params train in every phase
+    if spec.bn == "train":  # fastai's train_bn: BatchNorm affine params train in every phase
         owner.update({p: 0 for p in bn_params if p in params})
 
     weight_decay = float(optimizer.get("weight_decay") or 0.0)
@@ -234,14 +183,14 @@ def build_plan(
                 )
             )
     return Plan(
-        schedule=name,
+        schedule=spec.name,
         phases=tuple(phases),
         units=tuple(units),
         groups=tuple(group_names),
         group_numel={g: sum(int(params[p].numel()) for p in names) for g, names in groups},
-        bn=bn,
+        bn=spec.bn,
         frozen_forever=tuple(p for p in params if p not in owner),
-        lora=lora_settings(freeze),
+        lora=spec.lora,
     )
 
 
@@ -352,9 +301,7 @@ def _lora(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Pha
 
 
 def _explicit(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Phase]:
-    raw = freeze.get("phases")
-    if isinstance(raw, str):
-        raw = _load_phases_file(raw)
+    raw = freeze.get("phases")  # a schedule file was read by FreezeSpec.parse
     if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
         raise FtlabError("freeze.phases must be a non-empty list of {epoch, groups, lr} phases")
     phases = []
@@ -386,25 +333,6 @@ def _explicit(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list
             )
         )
     return phases
-
-
-def _load_phases_file(path: str) -> Any:
-    data = _read_schedule_file(path)
-    # Accept both a bare list and the `freeze=schedule` mapping that plan=true writes.
-    return data.get("phases") if isinstance(data, Mapping) else data
-
-
-def _read_schedule_file(path: str) -> Any:
-    import yaml  # a hydra/omegaconf dependency
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FtlabError(f"freeze.phases={path}: no such file; give a YAML file or an inline list")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise FtlabError(f"freeze.phases={path} is not valid YAML: {err}".splitlines()[0]) from None
-    return data
 
 
 _SCHEDULES = {

@@ -9,6 +9,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 WANDB_TAG_MAX = 64  # wandb rejects longer tags
+# The callbacks entry through which an Optuna search links each job to its trial (pruning); its
+# overrides are bookkeeping, not a setting, so reports and wandb tags leave them out.
+TRIAL_CALLBACK = "optuna_trial"
+TRIAL_PREFIX = f"callbacks.{TRIAL_CALLBACK}."
+
+
+def is_bookkeeping(key: str) -> bool:
+    """Whether an override key (``+``/``++`` prefixes allowed) is the sweeper's, not a setting."""
+    return key.lstrip("+").startswith(TRIAL_PREFIX)
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -42,5 +51,9 @@ def wandb_context(hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
     if hydra_cfg.get("mode") != RunMode.MULTIRUN:
         return {}
     group = sweep_id(hydra_cfg.sweep.dir)
-    tags = [override[:WANDB_TAG_MAX] for override in hydra_cfg.overrides.task]
+    tags = [
+        override[:WANDB_TAG_MAX]
+        for override in hydra_cfg.overrides.task
+        if not is_bookkeeping(override)
+    ]
     return {"group": group, "tags": tags, "name": f"{group}/{hydra_cfg.job.num}"}

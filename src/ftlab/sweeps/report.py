@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from ftlab.errors import FtlabError
-from ftlab.sweeps.context import parse_override, sweep_id
+from ftlab.sweeps.context import is_bookkeeping, parse_override, sweep_id
 
 SEED_KEY = "seed"  # the override that replicates a setting; every other override defines one
 STAGES = ("train", "val", "test", "ood", "wise_ft")  # sections whose numbers are metrics
@@ -31,9 +31,10 @@ NOT_METRICS = {"seed", "world_size"}  # top-level numbers that describe a job, n
 JOB_MARKERS = (".hydra", "metrics.json", "status.json")
 DEFAULT_METRIC, DEFAULT_MODE = "val/acc", "max"
 REPORT_FILES = ("report.csv", "report.md", "report.png")
-# A job's status: metrics.json's (completed, failed: diverged, interrupted: SIGTERM, resumable),
-# status.json's (failed: an error), or missing (neither file).
-STATUSES = ("completed", "failed", "interrupted", "missing")
+# A job's status: metrics.json's (completed, pruned: stopped early by an Optuna pruner, failed:
+# diverged, interrupted: SIGTERM, resumable), status.json's (failed: an error), or missing
+# (neither file). Only completed jobs enter the means: a pruned job's numbers stop mid-training.
+STATUSES = ("completed", "pruned", "failed", "interrupted", "missing")
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -80,7 +81,8 @@ def read_job(job_dir: Path) -> dict[str, Any]:
         "job": job_dir.name,
         "status": "missing",
         "error": "",
-        "overrides": dict(parse_override(o) for o in overrides),
+        # The sweeper's link to the Optuna trial (pruning) is bookkeeping, not a setting.
+        "overrides": dict(p for o in overrides if not is_bookkeeping((p := parse_override(o))[0])),
         "metrics": {},
     }
     metrics = _read_json(job_dir / "metrics.json")
@@ -90,6 +92,8 @@ def read_job(job_dir: Path) -> dict[str, Any]:
         job["status"] = metrics.get("status", "completed")
         job["error"] = metrics.get("error", "")
         job["metrics"] = flatten_metrics(metrics)
+        if isinstance(pruned := metrics.get("pruned"), dict):
+            job["error"] = f"pruned after epoch {pruned.get('epoch')} at {pruned.get('value')}"
     elif status:
         job["status"] = status.get("status", "failed")
         job["error"] = status.get("error", "")
@@ -204,6 +208,7 @@ def to_markdown(
         "",
         f"{len(jobs)} jobs: {counts.get('completed', 0)} completed, "
         f"{counts.get('failed', 0)} failed, "
+        + (f"{counts['pruned']} pruned, " if counts.get("pruned") else "")
         + (f"{counts['interrupted']} interrupted, " if counts.get("interrupted") else "")
         + f"{counts.get('missing', 0)} missing. "
         f"Main metric: {metric} ({summary.attrs['mode']}), mean ± std over seeds.",
@@ -215,8 +220,12 @@ def to_markdown(
     if columns:  # in the order the patterns are given
         picked = [n for pattern in columns for n in names if n != metric and _wanted(n, [pattern])]
         names = [metric, *dict.fromkeys(picked)]
-    # "interrupted" (SIGTERM'd, resumable with resume=true) only when some job was.
-    counted = ["failed", *(["interrupted"] if counts.get("interrupted") else []), "missing"]
+    # "pruned" and "interrupted" (SIGTERM'd, resumable with resume=true) only when some job was.
+    counted = [
+        s
+        for s in ("pruned", "failed", "interrupted", "missing")
+        if counts.get(s) or s in ("failed", "missing")
+    ]
     header = [*settings, "jobs", *counted, *names]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.to_dict("records"):  # records keep ints as ints
@@ -229,7 +238,12 @@ def to_markdown(
         where = " ".join(f"{k}={_show(best[k])}" for k in settings) or "the only setting"
         score = _mean_std(best[f"{metric}_mean"], best[f"{metric}_std"])
         lines += ["", f"Best: {where}: {metric} {score}"]
-    notes = {"failed": "", "interrupted": "", "missing": "no metrics.json or status.json"}
+    notes = {
+        "pruned": "",
+        "failed": "",
+        "interrupted": "",
+        "missing": "no metrics.json or status.json",
+    }
     for status, note in notes.items():
         bad = jobs[jobs["status"] == status]
         if not bad.empty:
