@@ -20,7 +20,10 @@ default cached features: the backbone runs once over the train split without aut
 head trains on the features; gradual phase 0 is the same run, since it caches the same way);
 gradual phase 0 with the cache off (``freeze.cache_features=false``: the frozen backbone runs
 forward in every step, without an autograd graph); LoRA r=8 on timm's default targets
-(qkv, proj, fc1, fc2). Target: LoRA's optimizer state <= 5% of full fine-tuning's.
+(qkv, proj, fc1, fc2); full fine-tuning with ``model.grad_checkpointing=true`` (timm's
+``set_grad_checkpointing``: block activations are recomputed in the backward pass). Targets:
+LoRA's optimizer state <= 5% of full fine-tuning's; gradient checkpointing's added training
+peak <= 80% of full fine-tuning's.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ CASES = {
     "linear probe (cached)": ["freeze=linear_probe"],
     "gradual phase 0 (no cache)": ["freeze=gradual", "freeze.cache_features=false"],
     "lora r=8": ["freeze=lora", "freeze.r=8"],
+    "full fine-tuning, grad checkpointing": ["freeze=none", "model.grad_checkpointing=true"],
 }
 LORA_TARGET = 0.05
+CHECKPOINTING_TARGET = 0.8  # of the memory full fine-tuning's training adds
 
 
 def measure(name: str, overrides: list[str], samples: int) -> dict:
@@ -114,6 +119,20 @@ def run(quick: bool = False) -> list[dict]:
                 total_params=m["total_params"],
             )
         )
+    full, saving = measured["full fine-tuning"], measured["full fine-tuning, grad checkpointing"]
+    added = {k: m["peak_rss_bytes"] - m["rss_at_train_start_bytes"] for k, m in measured.items()}
+    ratio = added["full fine-tuning, grad checkpointing"] / added["full fine-tuning"]
+    records.append(
+        report(
+            "memory",
+            "grad checkpointing / none: training's added peak",
+            ratio,
+            "ratio",
+            f"<= {CHECKPOINTING_TARGET:g}",
+            ratio <= CHECKPOINTING_TARGET,
+            peak_rss_ratio=round(saving["peak_rss_bytes"] / full["peak_rss_bytes"], 4),
+        )
+    )
     share = measured["lora r=8"]["optimizer_state_bytes"] / full_state
     records.append(
         report(

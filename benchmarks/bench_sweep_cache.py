@@ -30,6 +30,10 @@ from pathlib import Path
 import yaml
 from common import ROOT, report
 
+from ftlab.cli import conf_dir
+
+SEARCH_CONFIG = Path(conf_dir()) / "hparams_search" / "optuna.yaml"
+
 BENCH = "sweep_cache"
 TARGET = 1.5
 LRS = "choice(0.0001,0.0003,0.001,0.003)"
@@ -48,7 +52,7 @@ RUN = [
 
 def fixed_params() -> list[str]:
     """The other searched keys of conf/hparams_search/optuna.yaml, fixed: a grid of lrs only."""
-    params = yaml.safe_load((ROOT / "conf/hparams_search/optuna.yaml").read_text())
+    params = yaml.safe_load(SEARCH_CONFIG.read_text())
     keys = params["hydra"]["sweeper"]["params"]
     fixed = {"optimizer.weight_decay": "0.05"}
     return [f"{k}={fixed.get(k, '0.0')}" for k in keys if k != "optimizer.lr"]

@@ -14,9 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_compile
+import bench_distill
 import bench_frozen
 import bench_memory
 import bench_overhead
+import bench_peft
 import bench_startup
 import bench_sweep_cache
 import bench_syncs
@@ -29,6 +32,9 @@ BENCHES = {
     "startup": bench_startup.run,
     "syncs": bench_syncs.run,
     "sweep_cache": bench_sweep_cache.run,
+    "peft": bench_peft.run,
+    "distill": bench_distill.run,
+    "compile": bench_compile.run,
 }
 
 

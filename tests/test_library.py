@@ -20,7 +20,7 @@ from ftlab.errors import FtlabError
 
 # The edge: the only modules that may import Hydra or OmegaConf (ARCHITECTURE.md).
 EDGE = ("ftlab.cli", "ftlab.train", "ftlab.evaluate", "ftlab.compose", "ftlab.sweeps")
-EDGE += ("ftlab.config_checks", "ftlab.exports")
+EDGE += ("ftlab.exports", "ftlab.trainer_keys")
 
 
 def library_modules() -> list[str]:

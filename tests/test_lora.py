@@ -19,6 +19,7 @@ from ftlab.compose import model_and_data as build_model
 from ftlab.errors import FtlabError
 from ftlab.evaluate import evaluate, load_checkpoint, restore_module
 from ftlab.finetuning.spec import FreezeSpec
+from ftlab.module import Classifier
 from ftlab.module import make_head
 from ftlab.train import train
 
@@ -85,6 +86,10 @@ def test_vit_trains_only_adapters_and_head_and_saves_a_small_peft_adapter(make_c
     module, _ = restore_module(load_checkpoint(metrics["best_checkpoint"]))
     images = torch.randn(4, 3, 32, 32)
     expected = module.eval()(images)
+    # Lightning's own entry point gives the same model, adapters included.
+    lightning_way = Classifier.load_from_checkpoint(metrics["best_checkpoint"])
+    assert not lightning_way.training and lightning_way.record == module.record
+    torch.testing.assert_close(lightning_way(images), expected, rtol=0, atol=0)
     L.seed_everything(cfg.seed, verbose=False)  # the random init the run started from
     fresh = build_backbone("test_vit", source="timm", pretrained=False)
     peft_model = PeftModel.from_pretrained(fresh.model, str(adapter)).eval()

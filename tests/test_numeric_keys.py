@@ -153,6 +153,7 @@ def _options() -> list[list[str]]:
     return [*runs, ["hydra/launcher=slurm"], ["hydra/launcher=slurm", "trainer=ddp_cpu"]]
 
 
+@pytest.mark.slow  # a Hydra composition per shipped option: ~100, ~0.2 s each
 @pytest.mark.parametrize("overrides", _options(), ids=lambda o: " ".join(o) or "defaults")
 def test_every_shipped_config_passes(make_cfg, overrides):
     check_config(config_values(make_cfg(*overrides)))

@@ -10,6 +10,7 @@ the DDP rank checksums, resume, and metrics.json.
 from __future__ import annotations
 
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -107,6 +108,21 @@ def test_a_module_of_ones_own_trains_under_ftlabs_schedule_cache_ddp_and_resume(
     )  # fmt: skip
     assert refused.returncode == 2
     assert "holds a custom module, which eval.py does not rebuild" in refused.stderr
+
+    # Lightning's loading works for it: the caller names the class and its own arguments.
+    sys.path.insert(0, package["PYTHONPATH"])
+    try:
+        from valuepkg import DigitValue
+
+        loaded = DigitValue.load_from_checkpoint(
+            run_dir / "checkpoints" / "last.ckpt", loss_scale=0.5
+        )
+    finally:
+        sys.path.remove(package["PYTHONPATH"])
+    assert type(loaded) is DigitValue and loaded.loss_scale == 0.5
+    for key, value in ckpt["state_dict"].items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert loaded(torch.randn(3, 3, 32, 32)).shape == (3,)
 
     # Resume: one more epoch from last.ckpt continues at epoch 2 in phase 1 (no new phase).
     longer = [o for o in RUN if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=3"]

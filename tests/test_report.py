@@ -90,16 +90,17 @@ def test_summary_mean_std_over_seeds_and_counts(sweep: Path) -> None:
     # Mixed metric sets: test/acc exists only for lr=0.1.
     assert rows.loc["0.1", "test/acc_mean"] == pytest.approx(0.6)
     assert pd.isna(rows.loc["0.01", "test/acc_mean"])
-    assert list(summary.columns[:7]) == [
+    assert list(summary.columns[:8]) == [
         "optimizer.lr",
         "jobs",
         "completed",
+        "pruned",
         "failed",
         "interrupted",
         "missing",
         "seeds",
     ]
-    assert summary.columns[7] == "val/acc_mean"  # the main metric first
+    assert summary.columns[8] == "val/acc_mean"  # the main metric first
 
 
 def test_write_report_files(sweep: Path) -> None:
@@ -117,7 +118,7 @@ def test_write_report_files(sweep: Path) -> None:
 
 def test_metric_and_mode_choice(sweep: Path) -> None:
     summary = summarize(load_sweep(sweep), metric="val/loss")
-    assert summary.attrs["mode"] == "min" and summary.columns[7] == "val/loss_mean"
+    assert summary.attrs["mode"] == "min" and summary.columns[8] == "val/loss_mean"
     with pytest.raises(FtlabError, match=r"metric=val/nope .* use one of val/acc, val/loss"):
         summarize(load_sweep(sweep), metric="val/nope")
 

@@ -16,11 +16,14 @@ import yaml
 from conftest import FAST, run_cli
 from optuna.trial import TrialState
 
+from ftlab.cli import conf_dir
 from ftlab.sweeps.optuna_search import open_study, search_space
 from ftlab.sweeps.report import write_report
 
 TINY = [o for o in FAST if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=1"]
 SEARCH = ["hparams_search=optuna", *TINY]
+
+SEARCH_CONFIG = Path(conf_dir()) / "hparams_search" / "optuna.yaml"
 
 
 def search(sweep: Path, *overrides: str):
@@ -150,9 +153,7 @@ BAD_SEARCHES = {
 def test_a_bad_search_is_refused_in_one_line(tmp_path: Path, overrides, existing, message) -> None:
     if existing is not None:
         direction, params = existing
-        default = yaml.safe_load(
-            (Path(__file__).parents[1] / "conf/hparams_search/optuna.yaml").read_text()
-        )
+        default = yaml.safe_load(SEARCH_CONFIG.read_text())
         _created_elsewhere(tmp_path, direction, params or default["hydra"]["sweeper"]["params"])
     proc = search(tmp_path, *overrides)
     assert proc.returncode == 2, proc.stderr[-3000:]

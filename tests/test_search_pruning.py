@@ -9,9 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from optuna.trial import TrialState
 
+from ftlab.cli import conf_dir
 from ftlab.sweeps.optuna_search import search_space
 from ftlab.sweeps.report import write_report
 
@@ -35,11 +36,13 @@ RUN = [
 GOOD, BAD = 1e-2, 1e-7
 LR_SPACE = "optimizer.lr=tag(log,interval(1e-8,1e-1))"
 
+SEARCH_CONFIG = Path(conf_dir()) / "hparams_search" / "optuna.yaml"
+
 
 def queue(storage: str, study_name: str, lrs: list[float]) -> None:
     """Create the study with these learning rates queued in order (the other parameters of
     conf/hparams_search/optuna.yaml at their lowest value), so the test knows which runs when."""
-    params = yaml.safe_load((ROOT / "conf/hparams_search/optuna.yaml").read_text())
+    params = yaml.safe_load(SEARCH_CONFIG.read_text())
     space = search_space(params["hydra"]["sweeper"]["params"], [LR_SPACE])
     base = {
         k: d.choices[0] if hasattr(d, "choices") else d.low for k, d in space.distributions.items()
@@ -97,6 +100,7 @@ def test_bad_learning_rates_are_pruned_before_their_last_epoch(tmp_path: Path) -
     assert "4 trials: 2 complete, 2 pruned, 0 failed" in study_md
 
 
+@pytest.mark.ddp
 def test_ddp_ranks_stop_together_when_pruned(tmp_path: Path) -> None:
     """Rank 0 asks the study and broadcasts: both ranks stop after the same validation (a rank
     that went on alone would hang in its next all-reduce, and the job would time out)."""

@@ -158,7 +158,10 @@ def test_optuna_search_interrupted_then_resumed_runs_up_to_n_trials(tmp_path: Pa
 
 def test_optuna_search_space_and_resume_bookkeeping(tmp_path: Path) -> None:
     space = search_space(
-        {"optimizer.lr": "tag(log, interval(1e-5, 1e-2))", "module.head.dropout": "choice(0.0, 0.3)"},
+        {
+            "optimizer.lr": "tag(log, interval(1e-5, 1e-2))",
+            "module.head.dropout": "choice(0.0, 0.3)",
+        },
         ["model=test_cnn", "++data.batch_size=range(8,33,8)", "module.head.dropout=0.1"],
     )
     assert space.fixed == ["model=test_cnn", "module.head.dropout=0.1"]  # the command line wins

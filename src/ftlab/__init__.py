@@ -30,6 +30,7 @@ _PUBLIC = {
     "build_plan": "ftlab.finetuning.plan",
     "FinetuneModule": "ftlab.module",
     "Classifier": "ftlab.module",
+    "Distiller": "ftlab.distillation",
     "FeatureCache": "ftlab.finetuning.features",
     "RunEvaluation": "ftlab.evaluation",
     "load_checkpoint": "ftlab.checkpoints",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ftlab.errors import FtlabError
-from ftlab.record import ModelRecord, parse_record, restore_backbone
+from ftlab.record import ModelRecord, parse_record
 
 
 def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
@@ -64,24 +64,16 @@ def restore_module(ckpt: dict[str, Any], path: str = "?") -> tuple[Any, Any]:
     backbone is built by ftlab's own builders (ftlab.record), never by a name in the file.
     ``path`` (the ``ckpt_path`` value) only names the file in errors.
     """
-    from ftlab.adapters import inject_lora
     from ftlab.module import Classifier  # torch and Lightning: only once a model is restored
 
     record: ModelRecord = ckpt["ftlab"]
     if record.module != Classifier.kind:
         raise FtlabError(
             f"ckpt_path={path} holds a {record.module} module, which eval.py does not rebuild "
-            "from a file: load it with your module's class"
+            "from a file: load it with your module's class (MyModule.load_from_checkpoint)"
         )
-    backbone = restore_backbone(record.backbone)
-    if record.lora:  # the same adapters as in training, so that the state dict fits
-        inject_lora(backbone, record.lora)
-    classes = record.classes
-    module = Classifier(backbone, len(classes), freeze=None, classes=classes, head=record.head)
-    module.record = record
-    check_state(ckpt, module, path)  # e.g. saved by another timm version that renamed layers
-    module.load_state_dict(ckpt["state_dict"])
-    return module, backbone
+    module = Classifier.from_checkpoint(ckpt, path)
+    return module, module.backbone
 
 
 def needs_code(error: Exception) -> str | None:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftlab.data import build_data
 from ftlab.data.base import ClassificationDataModule
+from ftlab.devices import compile_backbone
 from ftlab.errors import FtlabError
 from ftlab.finetuning import Plan
 from ftlab.finetuning.optimization import Optimization
@@ -101,6 +102,8 @@ def model_and_data(cfg: DictConfig) -> tuple[FinetuneModule, ClassificationDataM
     dm = data(cfg, built.input_spec)
     dm.prepare_data()
     dm.setup("fit")
+    if cfg.get("compile"):
+        compile_backbone(built, cfg.trainer.get("accelerator"))
     return module(cfg, built, dm), dm
 
 

@@ -76,3 +76,37 @@ def _check_count(accelerator: str, devices: Any, available: int, unit: str) -> N
             f"{where} asks for {count} {unit}s but this machine has {available}: "
             f"set trainer.devices to at most {available} (one process per device)"
         )
+
+
+def compile_backbone(backbone: torch.nn.Module, accelerator: str | None) -> None:
+    """``compile=true``: ``torch.compile`` the backbone's library model in place (parameter
+    names, and so checkpoints and the plan, stay those of the uncompiled model).
+
+    torch compiles lazily, at the first forward; what it needs is checked here so that a
+    machine that cannot compile says so in one line before training, not in a traceback from
+    inside the first step: a Python that dynamo supports, and for the CPU a C++ compiler
+    (inductor generates C++), for a GPU Triton.
+    """
+    import shutil
+
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise FtlabError(
+            "compile=true: torch.compile does not support this Python or platform: set "
+            "compile=false"
+        )
+    gpu = str(accelerator or "auto").lower() in (*GPU_NAMES, "auto") and torch.cuda.is_available()
+    if gpu:
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise FtlabError(
+                "compile=true needs Triton on a GPU: pip install triton, or compile=false"
+            )
+    elif not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        raise FtlabError(
+            "compile=true on the CPU needs a C++ compiler (torch's inductor generates C++): "
+            "install g++ (apt-get install g++), or set compile=false"
+        )
+    backbone.model.compile()

@@ -390,7 +390,7 @@ class Distiller(Classifier):
             )
         self.alpha, self.temperature = float(alpha), float(temperature)
         self.cache_logits = bool(cache_logits)
-        built = load_teacher(teacher, self.record.classes if self.record else [], backbone)
+        built = load_teacher(teacher, list(classes or range(num_classes)), backbone)
         # In the instance dict, not registered: no parameters for the plan, the optimizer,
         # DDP or the checkpoint; _apply below moves it with the student.
         self.__dict__["teacher"] = built
@@ -398,7 +398,9 @@ class Distiller(Classifier):
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Distiller:
         super()._apply(fn, recurse)
-        self.teacher._apply(fn, recurse)
+        teacher = self.__dict__.get("teacher")  # absent while the base class is built
+        if teacher is not None:
+            teacher._apply(fn, recurse)
         return self
 
     def cache_blocker(self) -> str | None:

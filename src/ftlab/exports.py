@@ -264,7 +264,13 @@ def write_merged(job: Export) -> None:
         cpu_state(model.state_dict()), job.out / "model.safetensors", metadata={"format": "pt"}
     )
     save_file(cpu_state(job.module.head.state_dict()), job.out / "head.safetensors")
-    record = replace(job.record, lora=None, lora_merged=job.record.lora)
+    record = replace(
+        job.record,
+        lora=None,
+        lora_merged=job.record.lora,
+        peft=None,
+        peft_merged=job.record.peft,
+    )
     (job.out / "ftlab.json").write_text(json.dumps(record.to_dict()))
     job.written, job.library = "ftlab merged", "ftlab"
     loader = (
@@ -628,6 +634,9 @@ def model_card(job: Export, command: str) -> str:
             f"- LoRA r={lora['r']} alpha={lora['alpha']:g} on {len(lora['target_modules'])} "
             "modules, merged into the weights"
         )
+    if record.peft:
+        targets = record.peft["config"]["target_modules"]
+        lines.append(f"- peft {record.peft['method']} on {len(targets)} modules, merged in")
     lines += ["", "## Data", *_data_lines(job), "", "## Freezing schedule", *_phase_lines(run)]
     lines += ["", "## Metrics", *_metric_lines(job), "", "## Reproduce", "```bash"]
     if run.overrides or run.config:

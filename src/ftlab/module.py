@@ -26,6 +26,8 @@ the ``module.*`` config keys.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -35,7 +37,7 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from ftlab.adapters import add_lora, is_adapter_param
+from ftlab.adapters import add_lora, add_peft, is_adapter_param
 from ftlab.errors import FtlabError
 from ftlab.finetuning import HEAD, Plan, build_plan
 from ftlab.finetuning.callback import PhaseCallback
@@ -96,6 +98,7 @@ class FinetuneModule(L.LightningModule):
         self.freeze = FreezeSpec.parse(freeze) if freeze is not None else None
         # Adapters before the head and the plan, so that they get their layer group.
         lora = add_lora(backbone, self.freeze) if self.freeze is not None else None
+        peft = add_peft(backbone, self.freeze) if self.freeze is not None else None
         self.head = self.make_head(backbone.num_features, self.num_classes)
         self.optimization = optimization or Optimization()
         self.plan: Plan | None = None
@@ -111,6 +114,8 @@ class FinetuneModule(L.LightningModule):
             )
             self.phases = PhaseCallback(self.plan)
         self.record = self._record(list(classes) if classes else list(range(num_classes)), lora)
+        if self.record is not None and peft is not None:
+            self.record = replace(self.record, peft=peft)
         self._metrics = nn.ModuleDict(  # keys are attributes: "train" would shadow nn.Module.train
             {
                 "train_": MetricCollection(dict(self.train_metrics()), prefix="train/"),
@@ -271,6 +276,60 @@ class FinetuneModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain values only: the model is rebuilt from them through ftlab's own builders.
         checkpoint["ftlab"] = self.record.to_dict() if self.record else {}
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any
+    ) -> FinetuneModule:
+        """This class, trained weights loaded, from a checkpoint ftlab wrote (LoRA included).
+
+        Lightning's own version calls ``cls(**hyper_parameters)``, which cannot hold a backbone
+        without pickling code. The checkpoint's plain record says how to rebuild the backbone,
+        its adapters and the head (ftlab.record; read with ``weights_only``, nothing in the file
+        is called); the class is the caller's choice. ``kwargs`` are the class's own arguments
+        (e.g. a module of your own's); the module comes back for inference (``freeze=None``),
+        in eval mode, on ``map_location`` (a device) when given.
+        """
+        from ftlab.checkpoints import load_checkpoint
+
+        path = str(checkpoint_path)
+        module = cls.from_checkpoint(load_checkpoint(path, key="checkpoint_path"), path, **kwargs)
+        if map_location is not None:
+            module.to(map_location)
+        return module.eval()
+
+    @classmethod
+    def from_checkpoint(
+        cls, ckpt: dict[str, Any], path: str = "?", **kwargs: Any
+    ) -> FinetuneModule:
+        """This class from a checkpoint read by :func:`ftlab.checkpoints.load_checkpoint` (its
+        record parsed): the backbone by ftlab's own builders, its adapters, the head, the
+        weights. ``path`` names the file in errors."""
+        from ftlab.checkpoints import check_state
+        from ftlab.record import restore_backbone
+
+        record: ModelRecord = ckpt["ftlab"]
+        backbone = restore_backbone(record.backbone)
+        if record.lora:  # the same adapters as in training, so that the state dict fits
+            from ftlab.adapters import inject_lora
+
+            inject_lora(backbone, record.lora)
+        if record.peft:  # a peft method's adapters, from the fixed method table
+            from ftlab.adapters.peft_methods import inject_peft
+
+            inject_peft(backbone, record.peft, f"{path}: ftlab.peft")
+        module = cls(
+            backbone,
+            len(record.classes),
+            freeze=None,
+            classes=record.classes,
+            head=record.head,
+            **kwargs,
+        )
+        module.record = record
+        check_state(ckpt, module, path)  # e.g. saved by another timm version that renamed layers
+        module.load_state_dict(ckpt["state_dict"])
+        return module
 
 
 class Classifier(FinetuneModule):

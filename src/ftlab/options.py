@@ -12,9 +12,10 @@ from ftlab.errors import FtlabError
 
 
 def conf_dir() -> str:
-    """The ``conf/`` tree: ``$FTLAB_CONFIG_DIR``, else the repository's (editable install)."""
+    """The ``conf/`` tree: ``$FTLAB_CONFIG_DIR``, else the one inside the installed package
+    (``src/ftlab/conf``; the repository's ``conf`` is a link to it)."""
     env = os.environ.get("FTLAB_CONFIG_DIR")
-    return str(Path(env) if env else Path(__file__).resolve().parents[2] / "conf")
+    return str(Path(env) if env else Path(__file__).resolve().parent / "conf")
 
 
 def load_option(group: str, option: str, where: str) -> dict[str, Any]:

@@ -69,6 +69,10 @@ class ModelRecord:
     head: dict[str, Any] = field(default_factory=lambda: {"kind": "linear", "dropout": 0.0})
     lora: dict[str, Any] | None = None  # ftlab.adapters.lora settings, resolved module names
     lora_merged: dict[str, Any] | None = None  # an export's adapters, folded into the weights
+    # A peft method's settings {method, config} (ftlab.adapters.peft_methods); absent from
+    # checkpoints written before it, which read as None: the format stays 1.
+    peft: dict[str, Any] | None = None
+    peft_merged: dict[str, Any] | None = None  # an export's peft adapters, folded in
     module: str = "classifier"
     format: int = FORMAT
 
@@ -95,7 +99,7 @@ def parse_record(meta: Any, where: str) -> ModelRecord:
     known = (
         ("model", *common)
         if legacy
-        else ("backbone", *common, "head", "lora_merged", "module", "format")
+        else ("backbone", *common, "head", "lora_merged", "peft", "peft_merged", "module", "format")
     )
     _known_keys(meta, known, where, "ftlab")
     if not legacy and meta["format"] != FORMAT:
@@ -119,6 +123,8 @@ def parse_record(meta: Any, where: str) -> ModelRecord:
         head=parse_head(head, where),
         lora=parse_lora(meta.get("lora"), where),
         lora_merged=parse_lora(meta.get("lora_merged"), where, "ftlab.lora_merged"),
+        peft=parse_peft(meta.get("peft"), where),
+        peft_merged=parse_peft(meta.get("peft_merged"), where, "ftlab.peft_merged"),
         module=module,
     )
 
@@ -204,6 +210,16 @@ def parse_lora(lora: Any, where: str, at: str = "ftlab.lora") -> dict[str, Any] 
     ):
         raise FtlabError(f"{where}: {at}.target_modules must be a list of module names")
     return {"r": r, "alpha": float(alpha), "dropout": float(dropout), "target_modules": targets}
+
+
+def parse_peft(peft: Any, where: str, at: str = "ftlab.peft") -> dict[str, Any] | None:
+    """A peft method's settings from a file, checked against the fixed method table and peft's
+    config class (peft is imported only when a record holds them)."""
+    if peft is None:
+        return None
+    from ftlab.adapters.peft_methods import parse_settings
+
+    return parse_settings(peft, where, at)
 
 
 def _refuse_code(value: Any, where: str, at: str) -> None:

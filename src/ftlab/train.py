@@ -129,9 +129,11 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
             if cfg.test
             else []
         )
-        lora = None
-        if module.record.lora and trainer.is_global_zero:  # the best weights' adapter, peft format
-            lora = save_run_adapter(module, plan.trainable(last_phase or 0), run_dir / "adapter")
+        lora = peft = None
+        if (module.record.lora or module.record.peft) and trainer.is_global_zero:
+            # the best weights' adapter, in peft's format
+            adapter = save_run_adapter(module, plan.trainable(last_phase or 0), run_dir / "adapter")
+            lora, peft = (None, adapter) if module.record.peft else (adapter, None)
         extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
     trainable = plan.trainable_numel(last_phase or 0)
     log_settings(
@@ -149,6 +151,7 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         "total_params": total,
         "trainable_share": round(trainable / total, 6),
         "lora": lora,
+        "peft": peft,  # freeze=peft (or freeze.peft): method, modules, adapter params and bytes
         "feature_cache": cache.report(),
         "model": {"name": cfg.model.name, "weights_id": getattr(module.backbone, "weights_id", "")},
         "data": {"target": cfg.data._target_, "num_classes": data.num_classes, **data.summary()},

@@ -1,4 +1,4 @@
-"""Parameter-efficient adapters for ftlab backbones (LoRA through peft)."""
+"""Parameter-efficient adapters for ftlab backbones (LoRA and the peft family through peft)."""
 
 from ftlab.adapters.lora import (
     adapter_numel,
@@ -10,8 +10,14 @@ from ftlab.adapters.lora import (
     save_adapter,
     save_run_adapter,
 )
+from ftlab.adapters.peft_methods import METHODS, add_peft, inject_peft
+
+# peft itself is imported only by the functions that inject, save, load or merge adapters.
 
 __all__ = [
+    "METHODS",
+    "add_peft",
+    "inject_peft",
     "adapter_numel",
     "add_lora",
     "inject_lora",

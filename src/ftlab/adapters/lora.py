@@ -39,9 +39,14 @@ HEAD_FILE = "head.safetensors"
 PEFT_PREFIX = "base_model.model."  # key prefix of a PeftModel's saved adapter
 
 
+# The prefix peft's tuners give every adapter tensor (their ``prefix``: LoRA, DoRA and AdaLoRA
+# lora_, IA3 ia3_, LoHa hada_, LoKr lokr_); tests/test_peft.py checks them against peft's.
+ADAPTER_PREFIXES = ("lora_", "ia3_", "hada_", "lokr_")
+
+
 def is_adapter_param(name: str) -> bool:
-    """Whether a parameter belongs to a LoRA adapter (peft names every adapter tensor lora_*)."""
-    return any(part.startswith("lora_") for part in name.split("."))
+    """Whether a parameter belongs to a peft adapter (by the prefix peft names it with)."""
+    return any(part.startswith(ADAPTER_PREFIXES) for part in name.split("."))
 
 
 def adapter_numel(module: nn.Module) -> int:
@@ -66,7 +71,7 @@ def add_lora(
     if given is None:
         return None
     settings = _validated({**DEFAULTS, **given}, prefix)
-    settings["target_modules"] = _resolve_targets(backbone, settings["target_modules"], prefix)
+    settings["target_modules"] = resolve_targets(backbone, settings["target_modules"], prefix)
     inject_lora(backbone, settings, prefix)
     log.info(
         "LoRA r=%d alpha=%g dropout=%g on %d modules: %s adapter parameters",
@@ -98,13 +103,17 @@ def save_adapter(
 ) -> int:
     """Write the adapter in peft's format (what ``PeftModel.from_pretrained(model, out)`` reads)
     and the head beside it; return the adapter file's size in bytes."""
+    return write_adapter(backbone, head, _config(settings), out)
+
+
+def write_adapter(backbone: nn.Module, head: nn.Module, config: Any, out: Path) -> int:
+    """Write the injected adapter with its peft ``config``, and the head; return its bytes."""
     from peft.utils import get_peft_model_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(backbone.model, adapter_name=ADAPTER)
     state = {PEFT_PREFIX + k: v for k, v in state.items()}
     save_file(cpu_state(state), out / ADAPTER_FILE, metadata={"format": "pt"})
-    config = _config(settings)
     config.base_model_name_or_path = getattr(backbone, "name", None)
     config.save_pretrained(str(out))
     _record_base(backbone, out / "adapter_config.json")
@@ -171,7 +180,11 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
     for name, module in list(model.named_modules()):
         if isinstance(module, BaseTunerLayer):
-            module.merge(safe_merge=True)
+            try:
+                module.merge(safe_merge=True)
+            except (ValueError, NotImplementedError, TypeError) as err:  # a method that cannot
+                first = str(err).strip().splitlines()[0]
+                raise FtlabError(f"{name}: peft cannot merge its adapter: {first}") from None
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.get_base_layer())
@@ -215,7 +228,7 @@ def _validated(settings: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {"r": r, "alpha": float(alpha), "dropout": float(dropout), "target_modules": targets}
 
 
-def _resolve_targets(
+def resolve_targets(
     backbone: nn.Module, targets: str | Sequence[str] | None, prefix: str
 ) -> list[str]:
     """Full module names to adapt, with peft's matching rules for a user's list or regex:
@@ -265,10 +278,31 @@ def _compile(pattern: str, prefix: str) -> re.Pattern[str]:
 
 
 def save_run_adapter(module: nn.Module, trained: set[str], out: Path) -> dict[str, Any]:
-    """At the end of a LoRA run: write the adapter and head to ``out``; return what metrics.json
-    records about them."""
+    """At the end of a LoRA or peft run: write the adapter and head to ``out``; return what
+    metrics.json records about them (under ``lora``, or ``peft`` for freeze=peft)."""
+    if module.record.peft:
+        from ftlab.adapters.peft_methods import run_report, save_peft_adapter
+
+        settings = module.record.peft
+        size = save_peft_adapter(module.backbone, module.head, settings, out)
+        report = run_report(module, settings, size)
+        return {**report, "adapter_dir": str(out), "base_weights_trained": _base_trained(trained, out)}
     settings = module.record.lora
     size = save_adapter(module.backbone, module.head, settings, out)
+    return {
+        "r": settings["r"],
+        "alpha": settings["alpha"],
+        "dropout": settings["dropout"],
+        "modules": len(settings["target_modules"]),
+        "adapter_params": adapter_numel(module.backbone),
+        "adapter_dir": str(out),
+        "adapter_bytes": size,
+        "base_weights_trained": _base_trained(trained, out),
+    }
+
+
+def _base_trained(trained: set[str], out: Path) -> bool:
+    """Whether the run trained base weights too (then the adapter alone is not the model)."""
     base = sorted(n for n in trained if n.startswith("backbone.") and not is_adapter_param(n))
     if base:
         log.warning(
@@ -278,13 +312,4 @@ def save_run_adapter(module: nn.Module, trained: set[str], out: Path) -> dict[st
             base[0],
             out,
         )
-    return {
-        "r": settings["r"],
-        "alpha": settings["alpha"],
-        "dropout": settings["dropout"],
-        "modules": len(settings["target_modules"]),
-        "adapter_params": adapter_numel(module.backbone),
-        "adapter_dir": str(out),
-        "adapter_bytes": size,
-        "base_weights_trained": bool(base),
-    }
+    return bool(base)

@@ -45,13 +45,17 @@ def build_backbone(
         pretrained: load pretrained weights; ``False`` keeps the architecture, random init.
         weights: a local weights file or directory, or ``package:<pip-dist>`` for weights
             shipped in a pip package; ``None`` downloads from the hub.
-        extra: passed to ``timm.create_model`` or set on the Hugging Face config.
+        extra: passed to ``timm.create_model`` or set on the Hugging Face config; besides,
+            ``grad_checkpointing=True`` recomputes activations in the backward pass (less
+            memory, more compute).
 
     Raises:
         FtlabError: unknown name, unreachable hub, missing or unusable weights.
     """
     from ftlab.record import BackboneRecord
 
+    # A training switch, not an architecture setting: applied here, never recorded.
+    checkpointing = bool(extra.pop("grad_checkpointing", False))
     weights = weights or None  # an empty override (model.weights=) means none
     kind = resolve_source(name, source)
     if kind == "timm":
@@ -64,6 +68,8 @@ def build_backbone(
     backbone.record = BackboneRecord(
         kind, name, pretrained, weights, dict(extra), backbone.weights_id
     )
+    if checkpointing:
+        backbone.set_grad_checkpointing()
     return backbone
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ftlab.backbones.groups import LayerGroup
+from ftlab.errors import FtlabError
 from ftlab.specs import InputSpec
 
 Modality = Literal["image", "text"]
@@ -72,6 +73,11 @@ class Backbone(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names the model itself says should not decay (none by default)."""
         return set()
+
+    def set_grad_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them (the library's
+        own switch; ``model.grad_checkpointing=true``)."""
+        raise FtlabError(f"model.grad_checkpointing: {self.name} has no gradient checkpointing")
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weights_id={self.weights_id!r}"

@@ -99,6 +99,19 @@ class HFBackbone(Backbone):
     def layer_groups(self) -> list[LayerGroup]:
         return hf_layer_groups(self.model, self.model_type, MODEL_PREFIX)
 
+    def set_grad_checkpointing(self) -> None:
+        if not self.model.supports_gradient_checkpointing:
+            raise FtlabError(
+                f"model.grad_checkpointing: transformers has no gradient checkpointing for "
+                f"{self.model_type}: set model.grad_checkpointing=false"
+            )
+        # Non-reentrant: works when the inputs need no grad (a frozen embedding) and with DDP.
+        enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers 5.x
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_enable({"use_reentrant": False})
+
 
 def _pooling(given: str | None, text: bool, convolutional: bool) -> str:
     """``model.pooling``: text models take mean (default) or cls; image models pool as their

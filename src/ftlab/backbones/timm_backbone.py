@@ -60,6 +60,15 @@ class TimmBackbone(Backbone):
     def layer_groups(self) -> list[LayerGroup]:
         return timm_layer_groups(self.model, MODEL_PREFIX)
 
+    def set_grad_checkpointing(self) -> None:
+        try:
+            self.model.set_grad_checkpointing(True)
+        except (AssertionError, NotImplementedError, AttributeError) as err:  # timm's refusals
+            raise FtlabError(
+                f"model.grad_checkpointing: timm has no gradient checkpointing for {self.name} "
+                f"({first_line(err)}): set model.grad_checkpointing=false"
+            ) from None
+
     def no_weight_decay(self) -> set[str]:
         # timm's lists may hold wildcards ('pos_embed.*') and names of absent tokens.
         patterns = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else ()

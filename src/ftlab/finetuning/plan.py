@@ -21,6 +21,10 @@ from ftlab.finetuning.spec import FreezeSpec
 HEAD = "head"
 # The LoRA adapters' layer group (ftlab.adapters), just below the head when the model has them.
 LORA = "lora"
+# The same group by the name that fits every peft method (IA3, LoHa, ...): phases may use either.
+ADAPTERS = "adapters"
+# BitFit (Ben Zaken et al. 2022): every bias of the backbone, as a regex over parameter names.
+BIASES = r"^backbone\..*\.bias$"
 # A group name for every backbone layer group: the base weights, without the head and adapters.
 BACKBONE = "backbone"
 PHASE_KEYS = ("epoch", "groups", "lr", "lr_scale")
@@ -75,6 +79,7 @@ class Plan:
     bn: str
     frozen_forever: tuple[str, ...] = field(default=())  # parameters no phase unfreezes
     lora: Mapping[str, Any] | None = None  # LoRA settings (FreezeSpec.lora) the adapters came from
+    peft: Mapping[str, Any] | None = None  # the peft method (FreezeSpec.peft), as given
 
     def phase_at(self, epoch: int) -> int:
         """Index of the phase active at ``epoch``."""
@@ -122,6 +127,8 @@ class Plan:
         out = {"name": "schedule", "phases": [p.to_dict() for p in self.phases], "bn": self.bn}
         if self.lora is not None:
             out["lora"] = dict(self.lora)
+        if self.peft is not None:
+            out["peft"] = dict(self.peft)
         return out
 
 
@@ -191,6 +198,7 @@ def build_plan(
         bn=spec.bn,
         frozen_forever=tuple(p for p in params if p not in owner),
         lora=spec.lora,
+        peft=spec.peft,
     )
 
 
@@ -300,6 +308,16 @@ def _lora(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Pha
     return [Phase(0, (LORA, HEAD))]
 
 
+def _peft(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Phase]:
+    if LORA not in backbone:
+        raise FtlabError("freeze=peft: the model has no peft adapters (see ftlab.adapters)")
+    return [Phase(0, (LORA, HEAD))]
+
+
+def _bitfit(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Phase]:
+    return [Phase(0, (BIASES, HEAD))]
+
+
 def _explicit(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Phase]:
     raw = freeze.get("phases")  # a schedule file was read by FreezeSpec.parse
     if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
@@ -342,6 +360,8 @@ _SCHEDULES = {
     "bottom_k": _bottom_k,
     "lp_ft": _lp_ft,
     "lora": _lora,
+    "peft": _peft,
+    "bitfit": _bitfit,
     "schedule": _explicit,
 }
 
@@ -372,6 +392,8 @@ def _assign(
     by_group.setdefault(
         BACKBONE, [p for g, names in groups if g not in (HEAD, LORA) for p in names]
     )
+    if LORA in by_group:
+        by_group.setdefault(ADAPTERS, by_group[LORA])
     adapters = set(by_group.get(LORA, ()))
     owner: dict[str, int] = {}
     for i, phase in enumerate(phases):

@@ -30,7 +30,10 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "bottom_k": ("k",),
     "lp_ft": ("lp_epochs", "ft_lr_scale"),
     "lora": LORA_KEYS,
-    "schedule": ("phases", "lora"),
+    # peft's methods by name (ftlab.adapters.peft_methods); `peft` holds the config class's keys
+    "peft": ("method", "peft"),
+    "bitfit": (),  # BitFit: the biases and the head train (a schedule, no adapters)
+    "schedule": ("phases", "lora", "peft"),
 }
 COMMON_KEYS = ("name", "bn", "cache_features", "head_solver")
 
@@ -47,6 +50,8 @@ class FreezeSpec:
         cache_features: let head-only epochs train on cached backbone features.
         head_solver: ``auto``, ``lbfgs`` or ``none`` (ftlab.finetuning.features).
         lora: the LoRA settings the schedule asks for, None without LoRA.
+        peft: the peft method the schedule asks for, ``{method, <peft config keys>}``, as
+            given (checked against peft's config class by ftlab.adapters.peft_methods).
     """
 
     name: str
@@ -55,6 +60,7 @@ class FreezeSpec:
     cache_features: bool = True
     head_solver: str = "auto"
     lora: Mapping[str, Any] | None = None
+    peft: Mapping[str, Any] | None = None
 
     @classmethod
     def parse(cls, freeze: FreezeSpec | Mapping[str, Any] | str) -> FreezeSpec:
@@ -78,6 +84,9 @@ class FreezeSpec:
                 )
         options = {k: freeze[k] for k in SCHEDULE_KEYS[name] if k in freeze}
         lora = _lora(name, options)
+        peft = _peft(name, options)
+        if lora is not None and peft is not None:
+            raise FtlabError("freeze.lora and freeze.peft are exclusive: set one (method: lora)")
         if isinstance(options.get("phases"), str):  # a file, e.g. the schedule.yaml plan=true wrote
             options["phases"] = _phases_of(read_schedule_file(options["phases"]))
         return cls(
@@ -87,6 +96,7 @@ class FreezeSpec:
             cache_features=_flag(freeze, "cache_features"),
             head_solver=_choice(freeze, "head_solver", "auto", HEAD_SOLVERS, null="none"),
             lora=lora,
+            peft=peft,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +134,31 @@ def _lora(name: str, options: Mapping[str, Any]) -> dict[str, Any] | None:
         if key not in LORA_KEYS:
             raise FtlabError(f"freeze.lora.{key} is not a LoRA key: use {', '.join(LORA_KEYS)}")
     return dict(lora)
+
+
+def _peft(name: str, options: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The peft method as given: ``freeze=peft`` holds it as ``freeze.method`` and
+    ``freeze.peft.<key>``, ``freeze=schedule`` as ``freeze.peft={method: ia3, <key>: ...}``."""
+    if name == "peft":
+        keys = options.get("peft") or {}
+        if not isinstance(keys, Mapping):
+            raise FtlabError(f"freeze.peft={keys} must be a mapping of peft config keys or null")
+        if "method" in keys:
+            raise FtlabError("freeze.peft.method: name the method as freeze.method=<method>")
+        return {"method": options.get("method"), **keys}
+    if name != "schedule":
+        return None
+    peft, phases = options.get("peft"), options.get("phases")
+    if peft is None and isinstance(phases, str):
+        written = read_schedule_file(phases)
+        peft = written.get("peft") if isinstance(written, Mapping) else None
+    if peft is None:
+        return None
+    if not isinstance(peft, Mapping) or "method" not in peft:
+        raise FtlabError(
+            f"freeze.peft={peft} must be a mapping like {{method: ia3}} (and peft config keys)"
+        )
+    return dict(peft)
 
 
 def _choice(

@@ -1,5 +1,7 @@
 """Sweeps: the multirun report (``ftlab.sweeps.report``), Optuna search
-(``ftlab.sweeps.optuna_search`` behind ``hparams_search=optuna``) and the wandb context of a job.
+(``ftlab.sweeps.optuna_search`` behind ``hparams_search=optuna``; pruning from inside a job in
+``ftlab.sweeps.pruning``, the study's plots and ``study.md`` in ``ftlab.sweeps.plots``) and the
+wandb context of a job.
 
 Kept free of pandas and optuna so that ``ftlab.loggers`` can import :func:`wandb_context` cheaply.
 """
