@@ -207,10 +207,22 @@ def mnist_report(folder: Path) -> dict:
             values = [seed[name] for seed in row["seeds"].values()]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             row[name] = {"mean": statistics.mean(values), "std": std, "n": len(values)}
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
-    body = {"commands": COMMANDS, "ftlab_commit": commit, "machine": machine(), "rows": rows}
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    # The runs read the working tree: say so when it holds uncommitted changes.
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    body = {
+        "commands": COMMANDS,
+        "ftlab_commit": commit,
+        "uncommitted_changes": dirty,
+        "machine": machine(),
+        "rows": rows,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "distill_mnist.json").write_text(json.dumps(body, indent=2) + "\n")
     header = ["setting", *COLUMNS]
@@ -226,9 +238,12 @@ def mnist_report(folder: Path) -> dict:
         [
             "# Knowledge distillation on MNIST",
             "",
-            f"ftlab {commit}, {body['machine']['date']}, {body['machine']['cpu']} "
-            f"({body['machine']['cores']} cores). Mean ± std over seeds 0, 1, 2 (the teacher: "
-            "seed 0). Commands:",
+            f"ftlab {commit}{' + uncommitted changes' if dirty else ''}, "
+            f"{body['machine']['date']}, {body['machine']['cpu']} ({body['machine']['cores']} "
+            "cores). Mean ± std over seeds 0, 1, 2 (the teacher: seed 0). Wall time: the whole "
+            "job (training and every evaluation), indicative only on a shared machine (load "
+            f"average {body['machine']['load_average_1_5_15']} when this report was written). "
+            "Commands:",
             "",
             "```bash",
             *COMMANDS,

@@ -24,7 +24,11 @@ from ftlab.module import Classifier
 
 CLASSES = 10
 MODELS = {
-    "vit_small_patch16_224": {"name": "vit_small_patch16_224", "source": "timm", "pretrained": False},
+    "vit_small_patch16_224": {
+        "name": "vit_small_patch16_224",
+        "source": "timm",
+        "pretrained": False,
+    },
     "all-MiniLM-L6-v2": {
         "name": "sentence-transformers/all-MiniLM-L6-v2",
         "source": "hf",

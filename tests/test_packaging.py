@@ -210,15 +210,31 @@ def imported_modules(source: str) -> set[str]:
 IMPORT_CALLS = {"import_module", "find_spec", "__import__"}
 
 
+def targets(node: object) -> list[str]:
+    """Every ``_target_`` that names a class or function in a loaded config."""
+    if isinstance(node, dict):
+        found = [
+            v
+            for k, v in node.items()
+            if k == "_target_" and isinstance(v, str) and re.fullmatch(r"[A-Za-z_][\w.]*", v)
+        ]  # not ??? (a value the user must give)
+        return found + [t for v in node.values() for t in targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in targets(v)]
+    return []
+
+
 @pytest.mark.slow
 def test_every_import_is_a_declared_dependency(wheel: Path) -> None:
     archive = zipfile.ZipFile(wheel)
     modules: dict[str, set[str]] = {}
     for name in archive.namelist():
-        text = archive.read(name).decode() if name.endswith((".py", ".yaml")) else ""
-        found = imported_modules(text) if name.endswith(".py") else set()
-        # A config's _target_ is imported by Hydra on ftlab's behalf.
-        found |= {t.split(".")[0] for t in re.findall(r"_target_:\s*([\w.]+)", text)}
+        if name.endswith(".py"):
+            found = imported_modules(archive.read(name).decode())
+        elif name.endswith(".yaml"):  # a config's _target_: imported by Hydra for ftlab
+            found = {t.split(".")[0] for t in targets(yaml.safe_load(archive.read(name)))}
+        else:
+            continue
         for module in found:
             modules.setdefault(module, set()).add(name)
     metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))

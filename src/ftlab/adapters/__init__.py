@@ -16,11 +16,11 @@ from ftlab.adapters.peft_methods import METHODS, add_peft, inject_peft
 
 __all__ = [
     "METHODS",
-    "add_peft",
-    "inject_peft",
     "adapter_numel",
     "add_lora",
+    "add_peft",
     "inject_lora",
+    "inject_peft",
     "is_adapter_param",
     "load_adapter",
     "merge_lora",

@@ -286,7 +286,11 @@ def save_run_adapter(module: nn.Module, trained: set[str], out: Path) -> dict[st
         settings = module.record.peft
         size = save_peft_adapter(module.backbone, module.head, settings, out)
         report = run_report(module, settings, size)
-        return {**report, "adapter_dir": str(out), "base_weights_trained": _base_trained(trained, out)}
+        return {
+            **report,
+            "adapter_dir": str(out),
+            "base_weights_trained": _base_trained(trained, out),
+        }
     settings = module.record.lora
     size = save_adapter(module.backbone, module.head, settings, out)
     return {

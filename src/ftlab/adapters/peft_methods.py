@@ -22,9 +22,9 @@ from torch import nn
 
 from ftlab.adapters.lora import (
     ADAPTER,
-    resolve_targets,
     adapter_numel,
     is_adapter_param,
+    resolve_targets,
     write_adapter,
 )
 from ftlab.errors import FtlabError
@@ -110,7 +110,9 @@ def check_keys(method: str, config: Mapping[str, Any], at: str) -> None:
     fixed = METHODS[method][1]
     for key, value in fixed.items():
         if key in config and config[key] != value:
-            raise FtlabError(f"{at}.{key}={config[key]} contradicts method {method} ({key}={value})")
+            raise FtlabError(
+                f"{at}.{key}={config[key]} contradicts method {method} ({key}={value})"
+            )
     init = config.get("init_lora_weights", True)
     if init not in SAFE_INITS:
         raise FtlabError(
@@ -169,7 +171,10 @@ def inject_peft(backbone: nn.Module, settings: Mapping[str, Any], at: str = "fre
             inject_adapter_in_model(config, backbone.model, adapter_name=ADAPTER)
     except (ValueError, TypeError, NotImplementedError) as err:  # a layer type, a bad value
         first = str(err).strip().splitlines()[0]
-        raise FtlabError(f"{at}: peft's {settings['method']} cannot adapt the model: {first}") from None
+        raise FtlabError(
+            f"{at}: peft's {settings['method']} cannot adapt the model: {first}"
+        ) from None
+    _ranknum_as_buffers(backbone.model)
     # peft freezes the base weights; ftlab freezes by plan, after DDP registered every parameter.
     for param in backbone.parameters():
         param.requires_grad_(True)
@@ -186,7 +191,9 @@ def _ranknum_as_buffers(model: nn.Module) -> None:
     for module in model.modules():
         ranknum = getattr(module, "ranknum", None)
         if isinstance(ranknum, nn.ParameterDict):
-            module.ranknum = BufferDict({k: v.detach() for k, v in ranknum.items()}, persistent=True)
+            module.ranknum = BufferDict(
+                {k: v.detach() for k, v in ranknum.items()}, persistent=True
+            )
 
 
 def save_peft_adapter(
