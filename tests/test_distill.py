@@ -27,6 +27,10 @@ from ftlab.errors import FtlabError
 from ftlab.finetuning.features import FEATURES, FeatureCache
 from ftlab.module import Classifier
 
+# The teacher fixture is a fresh train.py process (~8 s idle, ~17 s on loaded cores), which
+# almost every test here needs: the whole file stays out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 TEACHER_SIZE = 32
 DIGITS = {"_target_": "ftlab.data.DigitsDataModule", "batch_size": 32}
 # A tiny run's keys for train.py: whole epochs (the logit cache skips partial ones), no logger.
@@ -278,6 +282,7 @@ def _fit_probe(
     return module, watch
 
 
+@pytest.mark.slow  # two runs, with and without both caches
 def test_cached_logits_and_cached_features_train_the_head_the_teacher_would(teacher, tmp_path):
     """Both caches on: the steps get (features, labels, logits), the teacher never runs in a
     step, and the head ends where the uncached run (teacher and backbone on the images) ends.

@@ -28,6 +28,7 @@ def library_modules() -> list[str]:
     return sorted(m for m in found if not m.startswith(EDGE))
 
 
+@pytest.mark.slow  # a fresh interpreter that imports every library module
 def test_the_library_imports_without_hydra_or_omegaconf():
     modules = library_modules()
     assert {"ftlab.data", "ftlab.loggers", "ftlab.finetuning.features", "ftlab.rundir"} <= set(
@@ -136,6 +137,7 @@ def test_mixup_on_a_text_backbone_is_refused_in_one_line():
         ftlab.Classifier(backbone, 5, mixup=0.2)
 
 
+@pytest.mark.slow  # a Jupyter kernel that imports torch and fine-tunes
 def test_the_plain_python_notebook_runs():
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(ROOT / "notebooks" / "finetune.ipynb", as_version=4)

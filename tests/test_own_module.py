@@ -135,6 +135,7 @@ def test_a_module_of_ones_own_trains_under_ftlabs_schedule_cache_ddp_and_resume(
     assert last["epoch"] == 2
 
 
+@pytest.mark.slow  # a fresh train.py process per case
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -97,7 +97,7 @@ def test_init_writes_a_project_whose_configs_name_its_own_classes(tmp_path: Path
     )
 
 
-def test_the_starters_code_passes_ftlabs_lint_rules(tmp_path: Path) -> None:
+def test_the_starters_code_is_ruff_clean(tmp_path: Path) -> None:
     ruff = Path(sys.executable).with_name("ruff")
     if not ruff.exists():
         pytest.skip("ruff is not installed beside this Python (pip install -e '.[dev]')")
@@ -118,8 +118,8 @@ def test_the_starters_code_passes_ftlabs_lint_rules(tmp_path: Path) -> None:
         ("", "class", r"package name 'class' is not a Python identifier"),
         ("", "json", r"package name 'json' is already an importable module here"),
         ("", "torch", r"package name 'torch' is already an importable module here"),
-        ("", "digits", r"ftlab has a data option of that name, which would hide it"),
-        ("", "quickstart", r"ftlab has a experiment option of that name"),
+        ("", "digits", r"ftlab's own data=digits would hide it: choose another with --name"),
+        ("", "quickstart", r"ftlab's own experiment=quickstart would hide it"),
     ],
 )
 def test_init_refuses_and_writes_nothing(

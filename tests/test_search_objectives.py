@@ -147,6 +147,7 @@ BAD_SEARCHES = {
 }
 
 
+@pytest.mark.slow  # a fresh train.py -m process per case
 @pytest.mark.parametrize(
     ("overrides", "existing", "message"), BAD_SEARCHES.values(), ids=BAD_SEARCHES
 )

@@ -103,6 +103,7 @@ LINES = {
 }
 
 
+@pytest.mark.slow  # train.py in forked processes (the fork server imports torch first)
 @pytest.mark.parametrize(("overrides", "line"), LINES.values(), ids=list(LINES))
 def test_a_wrong_key_is_one_line_before_anything_runs(tmp_path, overrides, line):
     done = run_cli_warm("train.py", *overrides, run_dir=tmp_path / "run")
@@ -111,6 +112,7 @@ def test_a_wrong_key_is_one_line_before_anything_runs(tmp_path, overrides, line)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # train.py in a forked process (the fork server imports torch first)
 def test_a_sweep_over_a_misspelled_key_stops_before_its_first_job(tmp_path):
     sweep = tmp_path / "sweep"
     done = run_cli_warm(

@@ -128,6 +128,11 @@ def check_resume(path: str | None, module: nn.Module, key: str = "ckpt_path") ->
             f"{key}={path} was trained with freeze.lora={theirs.lora}, this run has "
             f"{ours.lora}: resume with the freeze settings it was trained with"
         )
+    if theirs.peft != ours.peft:
+        raise FtlabError(
+            f"{key}={path} was trained with the peft adapter {theirs.peft}, this run has "
+            f"{ours.peft}: resume with the freeze settings it was trained with"
+        )
     check_state(ckpt, module, path, key)
 
 

@@ -26,6 +26,7 @@ from ftlab.errors import FtlabError
 from ftlab.finetuning import Plan
 from ftlab.finetuning.optimization import Optimization
 from ftlab.finetuning.spec import FreezeSpec
+from ftlab.init_from import start_from
 from ftlab.loggers import logger_kwargs
 from ftlab.module import FinetuneModule
 from ftlab.sweeps import wandb_context
@@ -104,7 +105,10 @@ def model_and_data(cfg: DictConfig) -> tuple[FinetuneModule, ClassificationDataM
     dm.setup("fit")
     if cfg.get("compile"):
         compile_backbone(built, cfg.trainer.get("accelerator"))
-    return module(cfg, built, dm), dm
+    made = module(cfg, built, dm)
+    if cfg.get("init_from"):  # another run's fine-tuned weights: a new run, not a resume
+        made.started_from = start_from(made, str(cfg.init_from))
+    return made, dm
 
 
 def _short_error(err: TypeError) -> str:

@@ -215,6 +215,9 @@ NUMBERS: tuple[Rule, ...] = (
     # conf/eval.yaml: a layout of ftlab.exports.EXPORTS, refused before torch is imported
     _r("export", Word("one of merged, hf, timm, onnx", EXPORTS), example="hf", null=True),
     _r("faults.check_every", Count(1, note="optimizer steps"), example=10),
+    # a checkpoint to start from, and the conf/data option of its task (two-stage runs)
+    _r("init_from", Word("a checkpoint path"), example="<run>/checkpoints/last.ckpt", null=True),
+    _r("forgetting", Word("a conf/data option"), example="digits", null=True),
     _r(
         "wise_ft.alphas",
         Items(Real(0, 1), "a list of numbers in [0, 1]"),
@@ -235,6 +238,13 @@ NUMBERS: tuple[Rule, ...] = (
     _r("data.max_train_samples", Count(1), example=1000, null=True),
     _r("data.val_size", Count(1, 59999), example=5000),  # of Fashion-MNIST's 60,000
     _r("data.ood[].severity", Count(1, 5), example=3),
+    # conf/tune
+    _r("tune.min_lr", POSITIVE, example="1e-7"),
+    _r("tune.max_lr", POSITIVE, example=1.0),
+    _r("tune.num_training_steps", Count(2, note="optimizer steps"), example=100),
+    _r("tune.early_stop_threshold", Real(1, low_open=True), example=4.0, null=True),
+    _r("tune.steps_per_trial", Count(1), example=3),
+    _r("tune.max_trials", Count(1), example=6),
     # conf/module
     _r("module.head.hidden", Count(1), example=512),
     _r("module.head.dropout", DROPOUT, example=0.1),
@@ -251,6 +261,7 @@ NUMBERS: tuple[Rule, ...] = (
     _r("freeze.k", Count(0), example=2),
     _r("freeze.lp_epochs", Count(1), example=1),
     _r("freeze.ft_lr_scale", Real(0, 1, low_open=True), example=0.1),
+    _r("freeze.every_n_steps", Count(1, note="optimizer steps"), example=50, null=True),
     _r("freeze.r", Count(1), example=8),
     _r("freeze.alpha", POSITIVE, example=16),
     _r("freeze.dropout", DROPOUT, example=0.1),

@@ -40,6 +40,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from ftlab.adapters import add_lora, add_peft, is_adapter_param
 from ftlab.errors import FtlabError
 from ftlab.finetuning import HEAD, Plan, build_plan
+from ftlab.finetuning.auto_rgn import AutoRGN
 from ftlab.finetuning.callback import PhaseCallback
 from ftlab.finetuning.features import FEATURES
 from ftlab.finetuning.freezing import bn_params, param_groups, set_bn_modes
@@ -103,6 +104,8 @@ class FinetuneModule(L.LightningModule):
         self.optimization = optimization or Optimization()
         self.plan: Plan | None = None
         self.phases: PhaseCallback | None = None
+        # Where the weights came from when not the backbone's own (init_from: ftlab.compose).
+        self.started_from: dict[str, Any] | None = None
         if self.freeze is not None:
             self.plan = build_plan(
                 self.freeze,
@@ -113,6 +116,8 @@ class FinetuneModule(L.LightningModule):
                 bn_params(self),
             )
             self.phases = PhaseCallback(self.plan)
+        # freeze=auto_rgn scales the plan's lrs as it trains: a second callback of the module's.
+        self.auto_rgn: AutoRGN | None = AutoRGN.for_spec(self.freeze, self.plan)
         self.record = self._record(list(classes) if classes else list(range(num_classes)), lora)
         if self.record is not None and peft is not None:
             self.record = replace(self.record, peft=peft)
@@ -198,7 +203,7 @@ class FinetuneModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         # Lightning adds these to the Trainer's own at fit, validate and test: the schedule
         # applies without the caller knowing about it. One instance, so its record survives.
-        return [self.phases] if self.phases is not None else []
+        return [c for c in (self.phases, self.auto_rgn) if c is not None]
 
     def configure_optimizers(self) -> Any:
         if self.plan is None:

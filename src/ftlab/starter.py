@@ -50,16 +50,16 @@ def check_name(name: str) -> None:
     hint = "choose another with --name"
     if not name.isidentifier() or keyword.iskeyword(name):
         raise FtlabError(f"package name {name!r} is not a Python identifier: {hint}")
-    # ftlab-train puts the project first on PYTHONPATH: a name taken by an installed module
-    # would hide that module (from ftlab too), and a standard library one is never reached.
+    # The project goes first on PYTHONPATH: a package named like a standard or installed
+    # module would hide that module, from ftlab too.
     if name in sys.stdlib_module_names or importlib.util.find_spec(name) is not None:
         raise FtlabError(f"package name {name!r} is already an importable module here: {hint}")
     for group in GROUPS:
         # ftlab's configs come first in the search path, so a same-named option hides the user's.
         if (Path(conf_dir()) / group / f"{name}.yaml").is_file():
             raise FtlabError(
-                f"package name {name!r} names the starter's {group} option, and ftlab has a "
-                f"{group} option of that name, which would hide it: {hint}"
+                f"package name {name!r} also names the starter's {group} option, and ftlab's "
+                f"own {group}={name} would hide it: {hint}"
             )
 
 

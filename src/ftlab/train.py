@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from ftlab import compose
 from ftlab.adapters import save_run_adapter
@@ -18,14 +19,17 @@ from ftlab.data.resumable import ExactResume
 from ftlab.devices import check_devices
 from ftlab.errors import FtlabError
 from ftlab.evaluation import RunEvaluation
+from ftlab.evaluation.forgetting import Forgetting
 from ftlab.faults import AtomicCheckpointIO, FaultGuard, preemptible, recorded
 from ftlab.finetuning.features import FeatureCache
 from ftlab.finetuning.report import print_plan
 from ftlab.loggers import finish, log_settings
 from ftlab.outputs import strip_prefix, write_json
 from ftlab.progress import progress_callbacks, quiet_lightning
-from ftlab.rundir import RunDir, claim_run_dir
+from ftlab.rundir import RunDir, claim_run_dir, is_global_zero
 from ftlab.sweeps.pruning import pruned_status
+from ftlab.tuning import check_settings as check_tune
+from ftlab.tuning import find_batch_size, find_lr
 
 log = logging.getLogger("ftlab")
 
@@ -58,6 +62,11 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     check_devices(cfg.trainer)  # before building anything: a wrong device count fails at once
 
+    tuned = _tune(cfg, run_dir) if cfg.get("tune") else None  # sets optimizer.lr or batch_size
+    if tuned is not None and not cfg.get("train", True):
+        if is_global_zero():
+            write_json(run_dir / "metrics.json", {"status": "tuned", "tune": tuned})
+        return None
     module, data = compose.model_and_data(cfg)  # built whole: plan, phase callback, record
     plan = module.plan
     print_plan(plan)
@@ -79,6 +88,8 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         test=bool(cfg.get("test", True)),
         seed=int(cfg.seed),
     )
+    # forgetting=<data option>: the source task's test set, checked before fit
+    forgetting = Forgetting.build(cfg.get("forgetting"), cfg.get("init_from"), module, data)
     # Head-only epochs train on cached features (ftlab.finetuning.features).
     cache = FeatureCache.for_module(
         module, data, compose.plain(cfg.trainer), cfg.paths.get("cache_dir")
@@ -122,6 +133,9 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         # Read the phase record before validate/test reload the best checkpoint.
         phases = module.phases
         history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
+        rgn = module.auto_rgn.report() if module.auto_rgn else {}  # freeze=auto_rgn's factors
+        if module.auto_rgn and trainer.is_global_zero:
+            module.auto_rgn.plot(run_dir / "auto_rgn.png")
         best = _best_checkpoint(trainer)
         val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
         test = (
@@ -135,6 +149,8 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
             adapter = save_run_adapter(module, plan.trainable(last_phase or 0), run_dir / "adapter")
             lora, peft = (None, adapter) if module.record.peft else (adapter, None)
         extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
+        if forgetting is not None and trainer.is_global_zero:
+            extra["forgetting"] = forgetting.measure(trainer, module)
     trainable = plan.trainable_numel(last_phase or 0)
     log_settings(
         loggers, settings, metrics={**(val[0] if val else {}), **(test[0] if test else {})}
@@ -154,12 +170,20 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         "peft": peft,  # freeze=peft (or freeze.peft): method, modules, adapter params and bytes
         "feature_cache": cache.report(),
         "model": {"name": cfg.model.name, "weights_id": getattr(module.backbone, "weights_id", "")},
-        "data": {"target": cfg.data._target_, "num_classes": data.num_classes, **data.summary()},
+        "data": {
+            "target": cfg.data._target_,
+            "num_classes": data.num_classes,
+            "batch_size": data.batch_size,
+            **data.summary(),
+        },
         "module": {"target": cfg.module._target_, **module.report()},
         "seed": cfg.seed,
+        "tune": tuned,  # tune=lr_find | batch_size: what the finder suggested (and the run used)
         "phases": history,
         "rank_checksums": checksums,
         "world_size": trainer.world_size,
+        "init_from": module.started_from,  # init_from: the source checkpoint, head loaded or new
+        **rgn,
         **extra,  # ood, wise_ft, drift (ftlab.evaluation)
     }
     metrics.update(pruned_status(trainer))  # an Optuna pruner stopped it: status, epoch, value
@@ -177,6 +201,54 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         else:  # a module of one's own, with its own metrics
             log.info("%s %s; run directory: %s", cfg.optimized_metric, value, run_dir)
     return value
+
+
+def _tune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """``tune=lr_find | batch_size``: Lightning's finder on the run's module and data, on one
+    device, without loggers or checkpoints (ftlab.tuning). The run then uses the value found
+    (``optimizer.lr``, with ``optimizer.lr_range`` scaled alike, or ``data.batch_size``) and
+    starts again from the same seed."""
+    settings = compose.plain(cfg.tune)
+    kind = check_tune(settings)
+    module, data = compose.model_and_data(cfg)
+
+    def trainer(callbacks: list[L.Callback]) -> L.Trainer:
+        return compose.trainer(
+            cfg,
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            default_root_dir=str(run_dir),  # lr_find saves and removes a checkpoint there
+            devices=1,
+            num_nodes=1,
+            strategy="auto",
+        )
+
+    with open_dict(cfg):
+        if kind == "lr_find":
+            found = find_lr(module, data, trainer, settings, run_dir)
+            lr = found["suggestion"]
+            if lr is None:
+                raise FtlabError(
+                    "tune=lr_find: the loss curve gave no suggestion (too few points, or no "
+                    "descent): widen tune.min_lr..tune.max_lr or raise tune.num_training"
+                )
+            if cfg.optimizer.get("lr_range"):  # the range moves with its top, the head's lr
+                low, high = cfg.optimizer.lr_range
+                cfg.optimizer.lr_range = [low * lr / high, lr]
+            cfg.optimizer.lr = lr
+            log.info("tune=lr_find: optimizer.lr=%g (configured %g)", lr, found["configured_lr"])
+        else:
+            found = find_batch_size(module, data, trainer, settings)
+            cfg.data.batch_size = found["suggestion"]
+            log.info(
+                "tune=batch_size: data.batch_size=%d (configured %d)",
+                found["suggestion"],
+                found["configured_batch_size"],
+            )
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the run starts as it would have
+    return found
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:

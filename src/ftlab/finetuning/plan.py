@@ -318,6 +318,53 @@ def _bitfit(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[P
     return [Phase(0, (BIASES, HEAD))]
 
 
+# Surgical fine-tuning names blocks by position too: the paper's "first", "middle", "last".
+POSITIONS = ("first", "middle", "last")
+
+
+def _surgical(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Phase]:
+    """Surgical fine-tuning (Lee et al. 2023): only ``freeze.blocks`` and the head train."""
+    blocks = freeze.get("blocks")
+    if isinstance(blocks, str | int):  # freeze.blocks=last: one block without brackets
+        blocks = [blocks]
+    if not isinstance(blocks, Sequence) or not blocks:
+        raise FtlabError(
+            f"freeze.blocks={blocks} must be a non-empty list of layer groups, positions "
+            f"({', '.join(POSITIONS)}) or indices, e.g. freeze.blocks=[first]"
+        )
+    chosen = [_block(b, backbone) for b in blocks]
+    if len(set(chosen)) < len(chosen):
+        raise FtlabError(f"freeze.blocks={list(blocks)} names a layer group twice: name it once")
+    return [Phase(0, (*sorted(chosen, key=backbone.index), HEAD))]
+
+
+def _block(block: Any, backbone: list[str]) -> str:
+    """A layer group's name from its name, position word or index (negative from the top)."""
+    if isinstance(block, int) and not isinstance(block, bool):
+        if not -len(backbone) <= block < len(backbone):
+            raise FtlabError(
+                f"freeze.blocks: index {block} is out of range: the backbone has "
+                f"{len(backbone)} layer groups (0 .. {len(backbone) - 1}, or -1 for the last)"
+            )
+        return backbone[block]
+    positions = dict(zip(POSITIONS, (0, len(backbone) // 2, -1), strict=True))
+    if block in positions:
+        return backbone[positions[block]]
+    if block not in backbone:
+        hint = " (the head always trains)" if block == HEAD else ""
+        raise FtlabError(
+            f"freeze.blocks: {block!r} is not a backbone layer group{hint}: use "
+            f"{', '.join(POSITIONS)}, an index or one of {_short(backbone)}"
+        )
+    return block
+
+
+def _auto_rgn(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Phase]:
+    # Everything trains; ftlab.finetuning.auto_rgn.AutoRGN scales each group's lr as it goes.
+    _positive_int(freeze, "every_n_steps", 1)  # checked here, before the first step
+    return [Phase(0, (*backbone, HEAD))]
+
+
 def _explicit(freeze: Mapping[str, Any], backbone: list[str], lr: float) -> list[Phase]:
     raw = freeze.get("phases")  # a schedule file was read by FreezeSpec.parse
     if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
@@ -362,6 +409,8 @@ _SCHEDULES = {
     "lora": _lora,
     "peft": _peft,
     "bitfit": _bitfit,
+    "surgical": _surgical,
+    "auto_rgn": _auto_rgn,
     "schedule": _explicit,
 }
 

@@ -33,6 +33,8 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     # peft's methods by name (ftlab.adapters.peft_methods); `peft` holds the config class's keys
     "peft": ("method", "peft"),
     "bitfit": (),  # BitFit: the biases and the head train (a schedule, no adapters)
+    "surgical": ("blocks",),  # Lee et al. 2023: only the named blocks (and the head) train
+    "auto_rgn": ("every_n_steps",),  # all train, each group's lr scaled by its relative grad norm
     "schedule": ("phases", "lora", "peft"),
 }
 COMMON_KEYS = ("name", "bn", "cache_features", "head_solver")
