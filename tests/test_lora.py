@@ -19,8 +19,7 @@ from ftlab.compose import model_and_data as build_model
 from ftlab.errors import FtlabError
 from ftlab.evaluate import evaluate, load_checkpoint, restore_module
 from ftlab.finetuning.spec import FreezeSpec
-from ftlab.module import Classifier
-from ftlab.module import make_head
+from ftlab.module import Classifier, make_head
 from ftlab.train import train
 
 BERT = ["model=minilm", "data=bbc_news", "data.max_length=32", "data.batch_size=8"]

@@ -39,7 +39,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.optim.swa_utils import get_ema_multi_avg_fn, get_swa_multi_avg_fn
+from torch.optim.swa_utils import get_ema_multi_avg_fn, get_swa_avg_fn, get_swa_multi_avg_fn
 
 from ftlab.errors import FtlabError
 from ftlab.finetuning import Plan
@@ -116,12 +116,17 @@ class Averaging(WeightAveraging):
         if kind == "ema":
             average = get_ema_multi_avg_fn(decay)
         else:
-            swa = get_swa_multi_avg_fn()
+            swa, swa_one = get_swa_multi_avg_fn(), get_swa_avg_fn()
 
             # torch's equal average, given the count as a host number: with a device tensor its
-            # weight 1/(n+1) would be read back to the host at every step.
-            def average(averaged: Any, current: Any, _count: Any) -> None:
-                swa(averaged, current, self.updates)
+            # weight 1/(n+1) would be read back to the host at every step. Integer buffers
+            # (BatchNorm's num_batches_tracked) take torch's per-tensor form: foreach refuses them.
+            def average(averaged: list[Any], current: list[Any], count: Any) -> None:
+                if averaged[0].is_floating_point():
+                    swa(averaged, current, self.updates)
+                    return
+                for mine, theirs in zip(averaged, current, strict=True):
+                    mine.copy_(swa_one(mine, theirs, count))
 
         super().__init__(multi_avg_fn=average)
         self.kind, self.decay, self.start_epoch = kind, float(decay), int(start_epoch)
@@ -145,9 +150,7 @@ class Averaging(WeightAveraging):
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and self._average_model is not None:
             # The count on the host: AveragedModel tests it (`n_averaged == 0`) at every update.
-            self._average_model.register_buffer(
-                "n_averaged", self._average_model.n_averaged.cpu()
-            )
+            self._average_model.register_buffer("n_averaged", self._average_model.n_averaged.cpu())
 
     def _fitting(self, trainer: L.Trainer) -> bool:
         return trainer.state.fn == TrainerFn.FITTING and self._average_model is not None

@@ -245,6 +245,9 @@ NUMBERS: tuple[Rule, ...] = (
     _r("tune.early_stop_threshold", Real(1, low_open=True), example=4.0, null=True),
     _r("tune.steps_per_trial", Count(1), example=3),
     _r("tune.max_trials", Count(1), example=6),
+    # conf/averaging: an EMA's decay of 1 would never move from the start
+    _r("averaging.decay", Real(0, 1, high_open=True), example=0.999),
+    _r("averaging.start_epoch", Count(0), example=1, null=True),
     # conf/module
     _r("module.head.hidden", Count(1), example=512),
     _r("module.head.dropout", DROPOUT, example=0.1),

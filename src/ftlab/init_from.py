@@ -33,7 +33,9 @@ def start_from(module: FinetuneModule, path: str, key: str = KEY) -> dict[str, A
     ckpt = load_checkpoint(path, key=key)
     theirs, ours = ckpt["ftlab"], module.record
     if ours is None:
-        raise FtlabError(f"{key}: this run's backbone was not built by ftlab, so it cannot be matched")
+        raise FtlabError(
+            f"{key}: this run's backbone was not built by ftlab, so it cannot be matched"
+        )
     if theirs.label != ours.label:
         raise FtlabError(
             f"{key}={path} holds a {theirs.label} model, this run builds {ours.label}: give a "

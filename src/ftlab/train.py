@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from ftlab import compose
 from ftlab.adapters import save_run_adapter
+from ftlab.averaging import build_averaging
 from ftlab.checkpoints import check_resume
 from ftlab.data.resumable import ExactResume
 from ftlab.devices import check_devices
@@ -108,6 +109,11 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     # The module adds its own PhaseCallback (configure_callbacks). ExactResume: a mid-epoch
     # checkpoint resumes exactly (ftlab.data.resumable).
     callbacks = [*own, guard, *cache.callbacks, *progress, ExactResume()]
+    # averaging=ema|swa: the average is validated, checkpointed and tested (ftlab.averaging)
+    averaging = build_averaging(
+        compose.plain(cfg.get("averaging")), plan, cfg.trainer.get("max_epochs")
+    )
+    callbacks += [averaging] if averaging is not None else []
     trainer = compose.trainer(
         cfg,
         callbacks=callbacks,
@@ -151,6 +157,8 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
         if forgetting is not None and trainer.is_global_zero:
             extra["forgetting"] = forgetting.measure(trainer, module)
+        if averaging is not None:  # every rank: the raw weights' val and test, for comparison
+            extra["averaging"] = averaging.report(trainer, module, data, best, bool(cfg.test))
     trainable = plan.trainable_numel(last_phase or 0)
     log_settings(
         loggers, settings, metrics={**(val[0] if val else {}), **(test[0] if test else {})}

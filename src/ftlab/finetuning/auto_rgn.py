@@ -119,7 +119,11 @@ class AutoRGN(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The previous epoch's window ends here, also when its checkpoint was written before
         # on_train_epoch_end (at validation end) and the run resumed from it.
-        if self.every_n_steps is None and self._count and self._window_epoch < trainer.current_epoch:
+        if (
+            self.every_n_steps is None
+            and self._count
+            and self._window_epoch < trainer.current_epoch
+        ):
             self._recompute(trainer)
         if self._count == 0:
             self._window_epoch = trainer.current_epoch
@@ -219,6 +223,7 @@ class AutoRGN(L.Callback):
             ax.plot(epochs, [self.record[e][group] for e in epochs], marker="o", label=group)
         ax.set_xlabel("epoch (its gradients give the next epoch's lr factors)")
         ax.set_ylabel("lr factor  RGN / max RGN")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title("Auto-RGN: ‖g‖/‖θ‖ per layer group, normalized")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", ncol=2)

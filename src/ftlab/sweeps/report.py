@@ -1,9 +1,11 @@
 """The sweep report: what a multirun produced, one row per setting, mean ± std over seeds.
 
-``ftlab-report outputs/multirun/2024-05-01/12-30-00`` writes ``report.csv``, ``report.md`` and
-``report.png`` into the sweep directory. Notebooks get the same tables from :func:`load_sweep`
-(one row per job) and :func:`summarize` (one row per setting), and the figure from
-:func:`plot_sweep`.
+``ftlab-report outputs/multirun/2024-05-01/12-30-00`` writes ``report.csv``, ``report.md``,
+``report.png`` and ``provenance.json`` (the command, ftlab's commit, the date and the machine)
+into the sweep directory, and for a sweep with OOD sets ``effective_robustness.png`` and
+``.csv`` (:mod:`ftlab.sweeps.robustness`). Notebooks get the same tables from
+:func:`load_sweep` (one row per job) and :func:`summarize` (one row per setting), and the
+figure from :func:`plot_sweep`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
+import platform
+import shlex
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +28,20 @@ import pandas as pd
 import yaml
 
 from ftlab.errors import FtlabError
+from ftlab.sweeps import robustness
 from ftlab.sweeps.context import is_bookkeeping, parse_override, sweep_id
 
 SEED_KEY = "seed"  # the override that replicates a setting; every other override defines one
-STAGES = ("train", "val", "test", "ood", "wise_ft")  # sections whose numbers are metrics
+# sections whose numbers are metrics (forgetting: source_acc, adapted_acc, drop; init_from runs)
+STAGES = ("train", "val", "test", "ood", "wise_ft", "forgetting")
 WISE_FT_KEY = "wise_ft"  # the setting column of --wise-ft rows
 WISE_FT_PREFIX = "wise_ft/best/"  # a job's metrics at its best-by-val WiSE-FT α
 KEPT_BY_WISE_FT = ("wall_time_s", "trainable_params", "total_params")  # the run's own cost
 NOT_METRICS = {"seed", "world_size"}  # top-level numbers that describe a job, not its result
 JOB_MARKERS = (".hydra", "metrics.json", "status.json")
 DEFAULT_METRIC, DEFAULT_MODE = "val/acc", "max"
-REPORT_FILES = ("report.csv", "report.md", "report.png")
+REPORT_FILES = ("report.csv", "report.md", "report.png", "provenance.json")
+PROVENANCE_FILE = "provenance.json"
 # A job's status: metrics.json's (completed, pruned: stopped early by an Optuna pruner, failed:
 # diverged, interrupted: SIGTERM, resumable), status.json's (failed: an error), or missing
 # (neither file). Only completed jobs enter the means: a pruned job's numbers stop mid-training.
@@ -292,25 +303,26 @@ def wise_ft_markdown(curves: pd.DataFrame, settings: Sequence[str]) -> str:
 def plot_sweep(summary: pd.DataFrame, metric: str | None = None, ax: Any = None) -> Any:
     """The metric across the swept values, seeds as error bars (± std); returns the Axes.
 
-    One swept key: it is the x axis (log scale when its values span 10x or more). Two: the
-    second gives one line per value. More (an Optuna search): one point per row of the summary.
+    One or two swept keys, the first numeric (an lr): it is the x axis (log scale when its
+    values span 10x or more), and the second gives one line per value. The first categorical
+    (strategies): grouped bars, :func:`plot_categories`, since a line between categories
+    means nothing. More keys (an Optuna search): one point per row of the summary.
     Without ``ax`` a pyplot-free Figure is made, so this works headless (Agg) and leaves a
     notebook's backend alone.
     """
     metric = metric or summary.attrs["metric"]
     settings = summary.attrs["settings"]
-    if ax is None:
-        from matplotlib.figure import Figure
-
-        ax = Figure(figsize=(7, 4.5), layout="constrained").subplots()
     x_key = settings[0] if len(settings) in (1, 2) else None
+    if x_key is not None and not pd.api.types.is_numeric_dtype(
+        _numeric_if_possible(summary[x_key])
+    ):
+        return plot_categories(summary, metric, ax)
+    if ax is None:
+        ax = _axes(7, 4.5)
     if x_key is None:
-        xs, ticks = pd.Series(range(len(summary)), summary.index, dtype=float), None
+        xs = pd.Series(range(len(summary)), summary.index, dtype=float)
     else:
         xs = _numeric_if_possible(summary[x_key])
-        ticks = None if pd.api.types.is_numeric_dtype(xs) else list(dict.fromkeys(xs.astype(str)))
-        if ticks is not None:
-            xs = xs.astype(str).map({label: i for i, label in enumerate(ticks)})
     lines = [(None, summary)]
     if len(settings) == 2:
         lines = summary.groupby(settings[1], sort=False, dropna=False)
@@ -324,9 +336,7 @@ def plot_sweep(summary: pd.DataFrame, metric: str | None = None, ax: Any = None)
             capsize=4,
             label=None if value is None else f"{settings[1]}={_show(value)}",
         )
-    if ticks is not None:
-        ax.set_xticks(range(len(ticks)), ticks, rotation=30 if len(ticks) > 4 else 0)
-    elif x_key is not None and (xs > 0).all() and xs.max() / xs.min() >= 10:
+    if x_key is not None and (xs > 0).all() and xs.max() / xs.min() >= 10:
         ax.set_xscale("log")
     if len(settings) == 2:
         ax.legend()
@@ -337,6 +347,106 @@ def plot_sweep(summary: pd.DataFrame, metric: str | None = None, ax: Any = None)
     return ax
 
 
+def plot_categories(summary: pd.DataFrame, metric: str | None = None, ax: Any = None) -> Any:
+    """Grouped bars, one group per setting (row of the summary): in-distribution accuracy
+    (``test/acc``, else the main metric) next to each OOD set's, ± std over seeds; returns the
+    Axes. A main metric that is not an accuracy (a loss) is drawn alone."""
+    metric = metric or summary.attrs["metric"]
+    settings = summary.attrs["settings"]
+    bars = [metric]
+    if metric.endswith("/acc"):
+        in_dist = "test/acc" if _has_mean(summary, "test/acc") else metric
+        ood = [
+            n for n in summary.attrs["metrics"] if _wanted(n, ["ood/*/acc"]) and n.count("/") == 2
+        ]
+        bars = [in_dist, *(n for n in ood if _has_mean(summary, n))]
+    if ax is None:
+        ax = _axes(max(7.0, 1.5 + 0.3 * len(summary) * len(bars)), 4.8)
+    width = 0.8 / len(bars)
+    for i, name in enumerate(bars):
+        offsets = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(summary))]
+        label = f"OOD {name.split('/')[1]}" if name.startswith("ood/") else f"ID {name}"
+        ax.bar(
+            offsets,
+            summary[f"{name}_mean"].fillna(0),
+            width,
+            yerr=summary[f"{name}_std"].fillna(0),
+            capsize=2,
+            label=label,
+        )
+    names = [robustness.setting_label(row, settings) for row in summary.to_dict("records")]
+    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 3 else 0, ha="right")
+    ax.set_ylabel("mean ± std over seeds")
+    ax.set_title(sweep_id(summary.attrs["sweep_dir"]))
+    ax.grid(axis="y", alpha=0.3)
+    if len(bars) > 1:
+        ax.legend(fontsize=8, ncols=min(len(bars), 4))
+    return ax
+
+
+def provenance(sweep_dir: str | Path, command: str | None = None) -> dict[str, Any]:
+    """What a committed report must say about itself: the command that wrote it, ftlab's
+    commit (and whether the working tree had uncommitted changes), the date and the machine;
+    the sweep's own multirun overrides and when its jobs wrote their metrics.
+
+    The machine is the one that wrote the report: metrics.json does not record the jobs' own.
+    """
+    source = Path(__file__).resolve().parent
+    commit = _git(source, "rev-parse", "HEAD")
+    dirty = _git(source, "status", "--porcelain", "--untracked-files=no")
+    path = Path(sweep_dir)
+    written = sorted(p.stat().st_mtime for p in path.glob("*/metrics.json"))
+    config_file = path / "multirun.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+    overrides = ((config or {}).get("hydra") or {}).get("overrides", {}).get("task")
+    return {
+        "command": command or "ftlab.sweeps.report.write_report(...)  # a library call",
+        "ftlab_commit": commit,
+        "uncommitted_changes": None if dirty is None else bool(dirty),
+        "ftlab_version": _version("ftlab"),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": _version("torch"),  # from metadata: importing torch costs seconds
+            "platform": platform.platform(),
+        },
+        "sweep": {
+            "dir": str(path),
+            "overrides": overrides,
+            "metrics_written": [_date(written[0]), _date(written[-1])] if written else None,
+        },
+    }
+
+
+def provenance_markdown(record: dict[str, Any]) -> str:
+    """report.md's "Provenance" section."""
+    machine = record["machine"]
+    commit = (
+        record["ftlab_commit"] or f"unknown (not a git checkout; ftlab {record['ftlab_version']})"
+    )
+    if record["uncommitted_changes"]:
+        commit += " + uncommitted changes"
+    sweep = record["sweep"]
+    lines = [
+        "",
+        "## Provenance",
+        "",
+        f"- command: `{record['command']}`",
+        f"- ftlab commit: {commit}",
+        f"- date: {record['date']}",
+        f"- machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
+        f"torch {machine['torch']}",
+    ]
+    if sweep["overrides"]:
+        lines.append(f"- sweep overrides: `{' '.join(sweep['overrides'])}`")
+    if sweep["metrics_written"]:
+        first, last = sweep["metrics_written"]
+        lines.append(f"- jobs' metrics.json written {first} to {last}")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
     sweep_dir: str | Path,
     metric: str | None = None,
@@ -344,12 +454,15 @@ def write_report(
     columns: Sequence[str] | None = None,
     wise_ft: bool = False,
     out: str | Path | None = None,
+    command: str | None = None,
 ) -> pd.DataFrame:
-    """Write report.csv, report.md and report.png into ``out`` (default: the sweep directory);
-    returns the summary.
+    """Write report.csv, report.md, report.png and provenance.json into ``out`` (default: the
+    sweep directory), and the effective-robustness plot when the sweep has OOD sets; returns
+    the summary, whose ``.attrs["files"]`` names the files written.
 
     ``columns`` picks report.md's metrics (report.csv keeps all); ``wise_ft`` adds the WiSE-FT
-    rows of :func:`load_sweep`.
+    rows of :func:`load_sweep`; ``command`` is recorded in provenance.json (``ftlab-report``
+    passes its own command line).
     """
     jobs = load_sweep(sweep_dir, wise_ft=wise_ft)
     summary = summarize(jobs, metric, mode)
@@ -360,8 +473,14 @@ def write_report(
     if wise_ft:
         settings = [k for k in summary.attrs["settings"] if k != WISE_FT_KEY]
         markdown += wise_ft_markdown(wise_ft_curves(sweep_dir, settings), settings)
+    robust = robustness.write_effective_robustness(summary, sweep_dir, path)
+    markdown += robustness.markdown(robust)
+    record = provenance(sweep_dir, command)
+    markdown += provenance_markdown(record)
     (path / "report.md").write_text(markdown)
+    (path / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     plot_sweep(summary).figure.savefig(path / "report.png", dpi=120)
+    summary.attrs["files"] = [*REPORT_FILES, *(robust.files if robust else [])]
     return summary
 
 
@@ -385,14 +504,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    command = shlex.join(["ftlab-report", *(sys.argv[1:] if argv is None else argv)])
     try:
-        write_report(args.sweep_dir, args.metric, args.mode, columns, args.wise_ft, args.out)
+        summary = write_report(
+            args.sweep_dir, args.metric, args.mode, columns, args.wise_ft, args.out, command
+        )
     except FtlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     path = Path(args.out or args.sweep_dir)
     print((path / "report.md").read_text(), end="")
-    print("wrote " + ", ".join(str(path / name) for name in REPORT_FILES))
+    print("wrote " + ", ".join(str(path / name) for name in summary.attrs["files"]))
     return 0
 
 
@@ -472,6 +594,49 @@ def _show(value: Any) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _axes(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure  # imported here: matplotlib costs ~0.5 s to import
+
+    return Figure(figsize=(width, height), layout="constrained").subplots()
+
+
+def _has_mean(summary: pd.DataFrame, metric: str) -> bool:
+    return f"{metric}_mean" in summary and summary[f"{metric}_mean"].notna().any()
+
+
+def _git(where: Path, *args: str) -> str | None:
+    """``git <args>`` run in ``where``; None outside a git checkout or without git."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo); platform.processor() is empty on most Linux."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _date(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
 
 
 def _numeric_if_possible(column: pd.Series) -> pd.Series:
