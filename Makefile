@@ -60,9 +60,15 @@ bench: $(STAMP) ## Run the benchmarks (benchmarks/README.md)
 
 RESULT_COLUMNS := test/acc,ood/*/acc,wall_time_s,trainable_params
 
-results: $(STAMP) ## Rerun the README's strategy tables: 2 sweeps of 24 jobs and their reports (~1 h on 2 CPU cores)
+RESULT_TASKS := mnist bbc
+TASK ?= $(RESULT_TASKS)
+
+results: $(STAMP) ## Rerun the README's strategy tables: 2 sweeps of 24 jobs and their reports (~1 h on 2 CPU cores); TASK=mnist|bbc runs one
+	@# Checked before any job starts: a misspelled task would otherwise fail after the first sweep.
+	@for task in $(TASK); do case " $(RESULT_TASKS) " in *" $$task "*) ;; \
+		*) echo "error: TASK=$$task is not a results task: one of $(RESULT_TASKS)"; exit 2;; esac; done
 	@# A new sweep dir per call: ftlab refuses to run a job into a directory that holds one.
-	stamp=$$(date +%Y%m%d-%H%M%S); for task in mnist bbc; do \
+	stamp=$$(date +%Y%m%d-%H%M%S); for task in $(TASK); do \
 		sweep=outputs/results/$$task-$$stamp; \
 		OMP_NUM_THREADS=1 $(PY) train.py -m experiment=results_$$task hydra.sweep.dir=$$sweep && \
 		$(VENV)/bin/ftlab-report $$sweep --wise-ft --columns '$(RESULT_COLUMNS)' \

@@ -97,9 +97,20 @@ def build_module(model: str, freeze: str, image_size: int, num_classes: int = 10
 def write_results(name: str, records: list[dict], **extra: Any) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    body = {"machine": machine(), **extra, "results": records}
+    # What the results came from (tests/test_results_honesty.py holds every report to it).
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    provenance = {"command": command, "ftlab_commit": _commit()}
+    body = {"machine": machine(), **provenance, **extra, "results": records}
     path.write_text(json.dumps(body, indent=2) + "\n")
     return path
+
+
+def _commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout, None outside one (never made up)."""
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def quiet() -> None:

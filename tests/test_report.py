@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import statistics
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from hydra.types import RunMode
+from matplotlib.container import BarContainer, ErrorbarContainer
 from omegaconf import OmegaConf
 
 from ftlab.errors import FtlabError
-from ftlab.sweeps import parse_override, sweep_id, wandb_context
+from ftlab.sweeps import parse_override, report, sweep_id, wandb_context
 from ftlab.sweeps.report import load_sweep, main, plot_sweep, summarize, write_report
+from ftlab.sweeps.robustness import effective_robustness, plot_effective_robustness
 
 FIXED = ["model=test_cnn", "data=digits"]
 
@@ -256,3 +262,205 @@ def test_wise_ft_rows_and_column_choice(tmp_path: Path) -> None:
     assert "| strategy | α | val_acc | ood_blur_acc |" in md
     assert "| full | 0 | 0.5 ± 0 | 0.4 ± 0 |" in md
     assert "| full | 1 | 0.81 ± 0.014 | 0.6 ± 0 |" in md
+
+
+# A strategies sweep with two OOD sets: (test, rotation, noise) accuracy per strategy and seed,
+# and full fine-tuning's WiSE-FT rows per seed: {alpha: (test, rotation, noise)}.
+STRATEGY_ACCS = {
+    "linear_probe": [(0.90, 0.76, 0.67), (0.91, 0.77, 0.68), (0.92, 0.78, 0.66)],
+    "full": [(0.96, 0.74, 0.10), (0.95, 0.72, 0.11), (0.97, 0.76, 0.10)],
+    "lp_ft": [(0.89, 0.75, 0.67), (0.90, 0.76, 0.68), (0.91, 0.74, 0.69)],
+}
+WISE_FT_ROWS = {
+    0: {0.0: (0.20, 0.15, 0.18), 0.5: (0.50, 0.40, 0.30), 1.0: (0.96, 0.74, 0.10)},
+    1: {0.0: (0.18, 0.17, 0.20), 0.5: (0.46, 0.42, 0.34), 1.0: (0.95, 0.72, 0.11)},
+    2: {0.0: (0.22, 0.16, 0.19), 0.5: (0.48, 0.41, 0.32), 1.0: (0.97, 0.76, 0.10)},
+}
+SOUP = {"soup": {"test": {"acc": 0.965}, "ood": {"rotation": {"acc": 0.78}, "noise": {"acc": 0.2}}}}
+
+
+@pytest.fixture
+def strategies(tmp_path: Path) -> Path:
+    """3 strategies x 3 seeds with OOD sets rotation and noise; full ran WiSE-FT."""
+    sweep = tmp_path / "sweep"
+    num = 0
+    for strategy, per_seed in STRATEGY_ACCS.items():
+        for seed, (test, rotation, noise) in enumerate(per_seed):
+            job = make_job(sweep, num, [f"strategy={strategy}", f"seed={seed}"], val={"acc": test})
+            metrics = json.loads((job / "metrics.json").read_text())
+            metrics["test"] = {"acc": test}
+            metrics["ood"] = {"rotation": {"acc": rotation}, "noise": {"acc": noise}}
+            if strategy == "full":
+                rows = [
+                    {"alpha": a, "val_acc": t, "test_acc": t, "ood": {"rotation": r, "noise": n}}
+                    for a, (t, r, n) in WISE_FT_ROWS[seed].items()
+                ]
+                best = {"alpha": 1.0, "val": {"acc": test}, "test": {"acc": test}}
+                best["ood"] = metrics["ood"]
+                metrics["wise_ft"] = {"best_alpha": 1.0, "rows": rows, "best": best}
+            (job / "metrics.json").write_text(json.dumps(metrics))
+            num += 1
+    return sweep
+
+
+def column(strategy: str, index: int) -> list[float]:
+    return [accs[index] for accs in STRATEGY_ACCS[strategy]]
+
+
+def test_effective_robustness_numbers(strategies: Path) -> None:
+    """One point per (strategy, OOD set) at mean ± sample std over seeds in both axes; the
+    WiSE-FT curve averaged over seeds per α; no soup without soup.json."""
+    result = effective_robustness(summarize(load_sweep(strategies)), strategies)
+    assert result is not None and result.id_metric == "test/acc"
+    assert result.ood_sets == ["rotation", "noise"]
+    points = result.points.set_index(["label", "ood_set"])
+    assert len(points) == 3 * 2
+    for strategy in STRATEGY_ACCS:
+        for index, name in ((1, "rotation"), (2, "noise")):
+            point = points.loc[(strategy, name)]
+            assert point["id"] == pytest.approx(statistics.mean(column(strategy, 0)))
+            assert point["id_std"] == pytest.approx(statistics.stdev(column(strategy, 0)))
+            assert point["ood"] == pytest.approx(statistics.mean(column(strategy, index)))
+            assert point["ood_std"] == pytest.approx(statistics.stdev(column(strategy, index)))
+    curve = result.curves.set_index(["label", "alpha", "ood_set"])
+    assert sorted(set(result.curves["label"])) == ["full"]  # only full ran WiSE-FT
+    assert curve.loc[("full", 0.5, "noise"), "ood"] == pytest.approx(0.32)
+    assert curve.loc[("full", 0.5, "noise"), "id"] == pytest.approx(0.48)
+    assert curve.loc[("full", 0.0, "rotation"), "ood_std"] == pytest.approx(0.01)
+    assert result.soups == [] and result.note == ""
+
+
+def test_effective_robustness_plot_draws_points_curve_soup_and_diagonal(
+    strategies: Path,
+) -> None:
+    (strategies / "soup.json").write_text(json.dumps(SOUP))
+    # ftlab-soup's own layout: the OOD sets beside val and test, not under "ood".
+    greedy = {"recipe": "greedy", "soup": {"val": {"acc": 0.97}, "test": {"acc": 0.962}}}
+    greedy["soup"] |= {"rotation": {"acc": 0.75, "f1": 0.7}, "noise": {"acc": 0.15}}
+    (strategies / "soup_greedy.json").write_text(json.dumps(greedy))
+    summary = write_report(strategies, wise_ft=True)
+    png = strategies / "effective_robustness.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 20_000  # not blank
+    assert "effective_robustness.png" in summary.attrs["files"]
+    md = (strategies / "report.md").read_text()
+    assert "![effective robustness](effective_robustness.png)" in md
+    assert "the soup, greedy soup (black)" in md
+
+    result = effective_robustness(summary, strategies)
+    fig = plot_effective_robustness(result)
+    rotation, noise = fig.axes[:2]
+    assert rotation.get_title() == "OOD: rotation" and noise.get_title() == "OOD: noise"
+    # Every errorbar point sits at its (ID mean, OOD mean), in both panels, with both bars.
+    for ax, name in ((rotation, "rotation"), (noise, "noise")):
+        drawn = {}
+        for container in ax.containers:
+            assert isinstance(container, ErrorbarContainer)
+            assert container.has_xerr and container.has_yerr
+            x, y = container.lines[0].get_data()
+            drawn[container.get_label()] = (float(x[0]), float(y[0]))
+        expected = result.points[result.points["ood_set"] == name].set_index("label")
+        assert set(drawn) == {"linear_probe", "full", "lp_ft", "full · WiSE-FT best α"}
+        for label, (x, y) in drawn.items():
+            assert (x, y) == pytest.approx(tuple(expected.loc[label, ["id", "ood"]]))
+    lines = {line.get_gid(): line for line in noise.get_lines() if line.get_gid()}
+    wise_x, wise_y = lines["wise_ft"].get_data()
+    assert list(wise_x) == pytest.approx([0.20, 0.48, 0.96])  # α = 0, 0.5, 1: test acc
+    assert list(wise_y) == pytest.approx([0.19, 0.32, 0.10 + 0.01 / 3])
+    assert lines["soup"].get_data() == ([0.965], [0.2])
+    assert lines["greedy soup"].get_data() == ([0.962], [0.15])
+    diag_x, diag_y = lines["diagonal"].get_data()
+    assert list(diag_x) == list(diag_y)  # y = x across the whole panel
+    assert diag_x[0] <= 0.1 and diag_x[1] >= 0.97
+
+    table = pd.read_csv(strategies / "effective_robustness.csv")
+    soup = table[table["kind"] == "soup"].set_index(["label", "ood_set"])
+    assert soup.loc[("soup", "rotation"), ["id", "ood"]].tolist() == [0.965, 0.78]
+    assert soup.loc[("greedy soup", "rotation"), ["id", "ood"]].tolist() == [0.962, 0.75]
+    assert sorted(table["kind"].unique()) == ["setting", "soup", "wise_ft"]
+
+
+@pytest.mark.parametrize(
+    ("content", "note"),
+    [
+        (None, "no soup (no `soup.json` or `soup_*.json` in the sweep directory)"),
+        ('{"greedy": {}}', "soup.json ignored (expected soup.test.acc and soup.ood): KeyError"),
+        ("{not json", "soup.json ignored (expected soup.test.acc and soup.ood): JSONDecode"),
+    ],
+)
+def test_missing_or_unreadable_soup_is_skipped_and_said(
+    strategies: Path, content: str | None, note: str
+) -> None:
+    if content is not None:
+        (strategies / "soup.json").write_text(content)
+    write_report(strategies)
+    assert note in (strategies / "report.md").read_text()
+    assert "soup" not in set(pd.read_csv(strategies / "effective_robustness.csv")["kind"])
+
+
+def test_no_ood_sets_no_robustness_plot(tmp_path: Path) -> None:
+    (tmp_path / "effective_robustness.png").write_bytes(b"stale")  # from an earlier sweep
+    for seed in range(2):
+        job = make_job(tmp_path, seed, [f"seed={seed}"], val={"acc": 0.5}, test={"acc": 0.5})
+        metrics = json.loads((job / "metrics.json").read_text())
+        del metrics["ood"]
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    summary = write_report(tmp_path)
+    assert not (tmp_path / "effective_robustness.png").exists()
+    assert "Effective robustness" not in (tmp_path / "report.md").read_text()
+    assert "effective_robustness.png" not in summary.attrs["files"]
+
+
+def test_categorical_settings_plot_grouped_bars_not_a_line(strategies: Path) -> None:
+    """Strategies are categories: one group of bars per strategy, ID and each OOD set side by
+    side, ± std over seeds; no line joins one strategy to the next."""
+    summary = summarize(load_sweep(strategies))
+    ax = plot_sweep(summary)
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [c.get_label() for c in bars] == [
+        "ID test/acc",
+        "OOD rotation",
+        "OOD noise",
+    ]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(STRATEGY_ACCS)
+    for container, index in zip(bars, (0, 1, 2), strict=True):
+        heights = [bar.get_height() for bar in container]
+        assert heights == pytest.approx([statistics.mean(column(s, index)) for s in STRATEGY_ACCS])
+        assert container.errorbar is not None  # the seeds' std
+    # (The error bars' caps are Line2D markers without a line style.)
+    joined = [line for line in ax.get_lines() if line.get_linestyle() not in ("None", "")]
+    assert not joined
+
+
+def test_provenance_records_command_commit_date_machine(
+    strategies: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "committed"
+    argv = [str(strategies), "--wise-ft", "--columns", "test/acc,ood/*/acc", "--out", str(out)]
+    assert main(argv) == 0
+    assert f"wrote {out / 'report.csv'}" in capsys.readouterr().out
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["command"] == (
+        f"ftlab-report {strategies} --wise-ft --columns 'test/acc,ood/*/acc' --out {out}"
+    )
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
+    ).stdout.strip()
+    assert record["ftlab_commit"] == head and len(head) == 40
+    assert isinstance(record["uncommitted_changes"], bool)
+    assert record["date"][:10] == pd.Timestamp.now().strftime("%Y-%m-%d")
+    machine = record["machine"]
+    assert machine["cores"] == os.cpu_count() and machine["cpu"]
+    assert machine["torch"] == metadata.version("torch")
+    assert len(record["sweep"]["metrics_written"]) == 2
+    md = (out / "report.md").read_text()
+    assert f"- command: `{record['command']}`" in md
+    assert f"- ftlab commit: {head}" in md
+    assert f"{machine['cores']} cores" in md and f"torch {machine['torch']}" in md
+    # Out of a git checkout (an installed wheel) the commit is unknown, said, not invented.
+    monkeypatch.setattr(report, "_git", lambda *args: None)
+    write_report(strategies, out=out)
+    assert json.loads((out / "provenance.json").read_text())["ftlab_commit"] is None
+    assert "- ftlab commit: unknown (not a git checkout" in (out / "report.md").read_text()

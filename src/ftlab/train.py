@@ -113,7 +113,8 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     averaging = build_averaging(
         compose.plain(cfg.get("averaging")), plan, cfg.trainer.get("max_epochs")
     )
-    callbacks += [averaging] if averaging is not None else []
+    if averaging is not None:  # first: a checkpoint saved at a step's end (SIGTERM) holds
+        callbacks.insert(0, averaging)  # the average with that step in it
     trainer = compose.trainer(
         cfg,
         callbacks=callbacks,

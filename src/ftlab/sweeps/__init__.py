@@ -1,4 +1,5 @@
-"""Sweeps: the multirun report (``ftlab.sweeps.report``), Optuna search
+"""Sweeps: the multirun report (``ftlab.sweeps.report``; its effective-robustness plot in
+``ftlab.sweeps.robustness``), Optuna search
 (``ftlab.sweeps.optuna_search`` behind ``hparams_search=optuna``; pruning from inside a job in
 ``ftlab.sweeps.pruning``, the study's plots and ``study.md`` in ``ftlab.sweeps.plots``) and the
 wandb context of a job.

@@ -380,7 +380,8 @@ def plot_categories(summary: pd.DataFrame, metric: str | None = None, ax: Any = 
     ax.set_title(sweep_id(summary.attrs["sweep_dir"]))
     ax.grid(axis="y", alpha=0.3)
     if len(bars) > 1:
-        ax.legend(fontsize=8, ncols=min(len(bars), 4))
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.12)  # headroom: the legend must not cover a bar
+        ax.legend(fontsize=8, ncols=min(len(bars), 4), loc="upper right")
     return ax
 
 

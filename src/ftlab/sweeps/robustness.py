@@ -2,7 +2,8 @@
 
 As in Taori et al. 2020 and the WiSE-FT and LP-FT papers: one point per setting of the sweep
 (mean ± std over seeds in both axes), the WiSE-FT α curve of every setting that ran it, the
-model soup as its own point when the sweep directory holds a ``soup.json``, and the line
+model soup as its own point when the sweep directory holds one (``soup.json``, or the
+``soup_<recipe>.json`` files ``ftlab-soup`` writes), and the line
 y = x. A point above another at the same x is more robust than it; a point far below y = x
 loses under the shift what it gained in distribution.
 
@@ -26,6 +27,8 @@ import pandas as pd
 ID_METRICS = ("test/acc", "val/acc")  # the in-distribution axis: test, else val
 OOD_PREFIX, OOD_SUFFIX = "ood/", "/acc"
 SOUP_FILE = "soup.json"
+SOUP_GLOB = "soup_*.json"  # ftlab-soup's soup_greedy.json, soup_uniform.json
+SPLITS = ("val", "test")  # the soup's in-distribution scores; its other keys are OOD sets
 PLOT_FILE, TABLE_FILE = "effective_robustness.png", "effective_robustness.csv"
 
 
@@ -35,15 +38,15 @@ class Robustness:
 
     ``points``: one row per (setting, OOD set): ``label, ood_set, id, id_std, ood, ood_std``.
     ``curves``: one row per (setting, α, OOD set) of WiSE-FT: ``label, alpha, ood_set, id,
-    id_std, ood, ood_std``. ``soup``: ``{"id": acc, "ood": {set: acc}}`` or None; ``note``
-    says why a soup.json present was not used.
+    id_std, ood, ood_std``. ``soups``: ``{"label", "id": acc, "ood": {set: acc}}`` per soup
+    file; ``note`` says why a soup file present was not used.
     """
 
     id_metric: str
     ood_sets: list[str]
     points: pd.DataFrame
     curves: pd.DataFrame
-    soup: dict[str, Any] | None = None
+    soups: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
     files: list[str] = field(default_factory=list)
 
@@ -52,12 +55,13 @@ class Robustness:
         rows = [self.points.assign(kind="setting", alpha=float("nan"))]
         if not self.curves.empty:
             rows.append(self.curves.assign(kind="wise_ft"))
-        if self.soup is not None:
-            soup = [
-                {"label": "soup", "ood_set": name, "id": self.soup["id"], "ood": acc}
-                for name, acc in self.soup["ood"].items()
-            ]
-            rows.append(pd.DataFrame(soup).assign(kind="soup"))
+        soups = [
+            {"label": soup["label"], "ood_set": name, "id": soup["id"], "ood": acc}
+            for soup in self.soups
+            for name, acc in soup["ood"].items()
+        ]
+        if soups:
+            rows.append(pd.DataFrame(soups).assign(kind="soup"))
         columns = ["kind", "label", "alpha", "ood_set", "id", "id_std", "ood", "ood_std"]
         return pd.concat(rows, ignore_index=True).reindex(columns=columns)
 
@@ -81,7 +85,7 @@ def setting_label(row: dict[str, Any] | pd.Series, settings: list[str]) -> str:
 
 def effective_robustness(summary: pd.DataFrame, sweep_dir: str | Path) -> Robustness | None:
     """The plot's numbers from :func:`~ftlab.sweeps.report.summarize`'s table, each job's
-    ``metrics.json`` ``wise_ft.rows`` and the sweep's ``soup.json``; None when the sweep has
+    ``metrics.json`` ``wise_ft.rows`` and the sweep's soup files; None when the sweep has
     no OOD set or no in-distribution accuracy."""
     id_metric = next((m for m in ID_METRICS if _has_values(summary, m)), None)
     ood_sets = [
@@ -111,8 +115,8 @@ def effective_robustness(summary: pd.DataFrame, sweep_dir: str | Path) -> Robust
     # The α curve belongs to the job's own setting, not to its derived "best α" row.
     curve_keys = [k for k in settings if k != "wise_ft"]
     curves = wise_ft_rows(sweep_dir, curve_keys, id_metric.split("/")[0])
-    soup, note = read_soup(Path(sweep_dir))
-    return Robustness(id_metric, ood_sets, pd.DataFrame(points), curves, soup, note)
+    soups, note = read_soups(Path(sweep_dir))
+    return Robustness(id_metric, ood_sets, pd.DataFrame(points), curves, soups, note)
 
 
 def wise_ft_rows(sweep_dir: str | Path, settings: list[str], id_split: str) -> pd.DataFrame:
@@ -143,24 +147,34 @@ def wise_ft_rows(sweep_dir: str | Path, settings: list[str], id_split: str) -> p
     return table.reset_index()
 
 
-def read_soup(sweep_dir: Path) -> tuple[dict[str, Any] | None, str]:
-    """``soup.json`` as ``{"id": acc, "ood": {set: acc}}`` (None when absent), and a note
-    saying why one that is present cannot be used.
+def read_soups(sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
+    """The sweep's soups as ``{"label", "id": acc, "ood": {set: acc}}``, and a note naming
+    the soup files that could not be read (and why).
 
-    The layout ``ftlab-soup`` writes: ``{"soup": {"test": {"acc": ...}, "ood": {set: {"acc":
-    ...}}}}``; ``val`` stands in for ``test`` when the soup has no test score.
+    Two layouts of ``{"soup": ...}``: nested, ``{"test": {"acc"}, "ood": {set: {"acc"}}}``
+    (``soup.json``), and flat, ``{"val": ..., "test": ..., <set>: {"acc"}}`` (what
+    ``ftlab-soup`` writes to ``soup_<recipe>.json``). ``val`` stands in for ``test`` when the
+    soup has no test score.
     """
-    path = sweep_dir / SOUP_FILE
-    if not path.is_file():
-        return None, ""
-    try:
-        soup = json.loads(path.read_text())["soup"]
-        split = soup.get("test") or soup["val"]
-        ood = {name: float(scores["acc"]) for name, scores in soup.get("ood", {}).items()}
-        return {"id": float(split["acc"]), "ood": ood}, ""
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        return None, f"{SOUP_FILE} ignored (expected soup.test.acc and soup.ood): {reason}"
+    paths = [sweep_dir / SOUP_FILE] if (sweep_dir / SOUP_FILE).is_file() else []
+    paths += sorted(sweep_dir.glob(SOUP_GLOB))
+    soups, notes = [], []
+    for path in paths:
+        try:
+            scores = json.loads(path.read_text())["soup"]
+            split = scores.get("test") or scores["val"]
+            flat = {name: value for name, value in scores.items() if name not in SPLITS}
+            sets = scores["ood"] if isinstance(scores.get("ood"), dict) else flat
+            ood = {name: float(value["acc"]) for name, value in sets.items()}
+            recipe = path.stem.removeprefix("soup").strip("_")
+            label = f"{recipe} soup" if recipe else "soup"
+            soups.append({"label": label, "id": float(split["acc"]), "ood": ood})
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            notes.append(
+                f"{path.name} ignored (expected soup.test.acc and soup.ood): "
+                f"{type(exc).__name__}: {exc}"
+            )
+    return soups, "; ".join(notes)
 
 
 def plot_effective_robustness(result: Robustness, title: str = "") -> Any:
@@ -219,9 +233,16 @@ def plot_effective_robustness(result: Robustness, title: str = "") -> Any:
                     xytext=(3, 3),
                     textcoords="offset points",
                 )
-        if result.soup is not None and name in result.soup["ood"]:
-            soup = result.soup
-            ax.plot(soup["id"], soup["ood"][name], "*", ms=14, color="k", label="soup", gid="soup")
+        for i, soup in enumerate(s for s in result.soups if name in s["ood"]):
+            ax.plot(
+                soup["id"],
+                soup["ood"][name],
+                "*P"[i % 2],  # a star, then a plus: greedy and uniform soups told apart
+                ms=14,
+                color="k",
+                label=soup["label"],
+                gid=soup["label"],
+            )
         _diagonal(ax)
         ax.set_title(f"OOD: {name}")
         ax.set_xlabel(f"in-distribution accuracy ({result.id_metric})")
@@ -261,11 +282,12 @@ def markdown(result: Robustness | None) -> str:
     """report.md's "Effective robustness" section (empty without OOD sets)."""
     if result is None:
         return ""
-    soup = (
-        "the greedy soup of `soup.json` (black star)"
-        if result.soup is not None
-        else (result.note or f"no soup (no `{SOUP_FILE}` in the sweep directory)")
-    )
+    names = ", ".join(soup["label"] for soup in result.soups)
+    soup = f"the {names} (black)" if result.soups else "no soup"
+    if not result.soups and not result.note:
+        soup += f" (no `{SOUP_FILE}` or `{SOUP_GLOB}` in the sweep directory)"
+    if result.note:
+        soup += f" ({result.note})"
     wise = (
         "the WiSE-FT α curve of every setting that ran it (a line)"
         if len(result.curves)

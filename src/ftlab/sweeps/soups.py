@@ -40,7 +40,7 @@ from ftlab.evaluation.loop import evaluate
 from ftlab.evaluation.ood import build_ood_sets
 from ftlab.outputs import write_json
 from ftlab.record import ModelRecord
-from ftlab.sweeps.report import job_dirs
+from ftlab.sweeps.report import job_dirs, read_job
 
 log = logging.getLogger("ftlab")
 
@@ -65,12 +65,9 @@ def collect(sweep: Path) -> tuple[list[Job], dict[str, str]]:
         raise FtlabError(f"{sweep}: no such sweep directory")
     jobs, skipped = [], {}
     for path in job_dirs(sweep):
-        file = path / "metrics.json"
-        try:
-            metrics = json.loads(file.read_text()) if file.exists() else {}
-        except json.JSONDecodeError:
-            metrics = {"status": "unreadable metrics.json"}
-        status, best = metrics.get("status", "missing"), metrics.get("best_checkpoint")
+        status = read_job(path)["status"]  # metrics.json's, else status.json's, else missing
+        metrics = json.loads((path / "metrics.json").read_text()) if status == "completed" else {}
+        best = metrics.get("best_checkpoint")
         if status != "completed" or not best:
             skipped[path.name] = status if status != "completed" else "no best checkpoint"
             continue
@@ -104,11 +101,15 @@ def _signature(record: ModelRecord) -> dict[str, Any]:
     }
 
 
-def check_compatible(jobs: list[Job], first: dict[str, Any], ckpts: dict[str, Any]) -> None:
-    """Refuse, naming them, the jobs whose model differs from the best job's."""
-    base, ours = jobs[0], _signature(first["ftlab"])
+def check_compatible(jobs: list[Job], ckpts: dict[str, Any]) -> None:
+    """Refuse, naming them, the jobs whose model differs from the one most jobs share (ties: the
+    best job's by val)."""
+    keys = [repr(_signature(ckpts[j.name]["ftlab"])) for j in jobs]
+    base = jobs[max(range(len(jobs)), key=lambda i: (keys.count(keys[i]), -i))]
+    first = ckpts[base.name]
+    ours = _signature(first["ftlab"])
     differ: dict[str, list[str]] = {}
-    for job in jobs[1:]:
+    for job in (j for j in jobs if j is not base):
         ckpt = ckpts[job.name]
         theirs = _signature(ckpt["ftlab"])
         what = next((k for k in ours if ours[k] != theirs[k]), None)
@@ -126,7 +127,7 @@ def check_compatible(jobs: list[Job], first: dict[str, Any], ckpts: dict[str, An
         raise FtlabError(
             f"{'jobs' if len(names) > 1 else 'job'} {', '.join(names)} "
             f"{'differ' if len(names) > 1 else 'differs'} from job {base.name} "
-            f"(the best by val) in {reason}{more}: a soup averages fine-tunings of one backbone "
+            f"in {reason}{more}: a soup averages fine-tunings of one backbone "
             "from one pretrained start on the same classes; soup a sweep whose jobs share them"
         )
 
@@ -211,10 +212,12 @@ def _job_config(job: Job) -> dict[str, Any]:
         raise FtlabError(f"job {job.name}: no {file}: soups read the data from a job's config")
     try:
         config = OmegaConf.load(file)
+        # Only what the soup reads: other keys may name Hydra's runtime (${hydra:...}).
+        limits = ("limit_val_batches", "limit_test_batches")
         return {
             "data": OmegaConf.to_container(config.data, resolve=True),
-            "trainer": OmegaConf.to_container(config.get("trainer") or {}, resolve=True),
-            "seed": config.get("seed", 0),
+            "trainer": {k: OmegaConf.select(config, f"trainer.{k}") for k in limits},
+            "seed": OmegaConf.select(config, "seed", default=0),
         }
     except Exception as err:
         raise FtlabError(f"job {job.name}: {file} does not resolve ({first_line(err)})") from None
@@ -229,7 +232,7 @@ def make_soup(sweep: str | Path, recipe: str, device: str = "auto") -> dict[str,
     sweep = Path(sweep)
     jobs, skipped = collect(sweep)
     ckpts = {j.name: _load(j) for j in jobs}
-    check_compatible(jobs, ckpts[jobs[0].name], ckpts)
+    check_compatible(jobs, ckpts)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     best = jobs[0]

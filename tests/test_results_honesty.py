@@ -1,0 +1,487 @@
+"""Honesty checks over the committed results: the README says what the reports say.
+
+Every number in a README table whose source is a committed report under benchmarks/results/
+(named in the text before the table: ``ftlab-report ... --out <dir>``, a bench script, or a
+results file) is compared with that report, to the precision the README shows; so are the
+numbers of a few sentences that quote reports. Every committed report must record its command,
+ftlab's commit, the date and the machine; the reports written before ftlab-report recorded
+them are listed, each with its reason, and the list only shrinks.
+
+The comparisons are functions of the README's text, so the test that edits a number in a copy
+of it proves they can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results"
+
+# How the text before a table names its source, in order of precedence.
+SOURCE_PATTERNS = [
+    (re.compile(r"--out (benchmarks/results/[\w.-]+)"), None),  # an ftlab-report folder
+    (re.compile(r"bench_distill\.py --mnist-report"), "benchmarks/results/distill_mnist.json"),
+    (re.compile(r"`(benchmarks/results/[\w.-]+\.json)`"), None),
+]
+
+# README tables in "## Results" with no committed report behind them, and why.
+UNSOURCED = {
+    "| weights | test accuracy | val accuracy | wall time | command |": (
+        "the quickstart runs: `make train`'s own output, no report is committed"
+    ),
+}
+
+# The strategy tables: a README row is a setting of the sweep (strategy, wise_ft), a README
+# column a metric of report.csv.
+STRATEGY_ROWS = {
+    "scratch (random init, full training)": ("scratch", ""),
+    "linear probe, random-init backbone": ("random_linear_probe", ""),
+    "linear probe (L-BFGS, cached features)": ("linear_probe", ""),
+    "full fine-tuning": ("full", ""),
+    "gradual unfreezing": ("gradual", ""),
+    "layer-wise lr decay 0.8": ("layer_decay", ""),
+    "LP-FT": ("lp_ft", ""),
+    "LoRA r=8": ("lora", ""),
+    "WiSE-FT of full, best α by val": ("full", "best α"),
+}
+STRATEGY_COLUMNS = {
+    "test acc": "test/acc",
+    "rotation": "ood/rotation_3/acc",
+    "gaussian noise": "ood/gaussian_noise_3/acc",
+    "sklearn digits": "ood/digits/acc",
+    "typos": "ood/typos_3/acc",
+    "truncation": "ood/truncation_5/acc",
+    "wall time (s)": "wall_time_s",
+    "trainable": "trainable_params",
+}
+DISTILL_ROWS = {
+    "teacher: EfficientNet-Lite0, 2,000 digits (seed 0)": (
+        "teacher (EfficientNet-Lite0, 2,000 digits)"
+    ),
+    "student alone: MobileNetV2, 1,000 digits": "student alone (MobileNetV2, 1,000 digits)",
+    "student distilled (α = 0.5, T = 4)": "student distilled (MobileNetV2, 1,000 digits)",
+}
+DISTILL_COLUMNS = {
+    "test acc": "test",
+    "rotation": "rotation",
+    "gaussian noise": "gaussian noise",
+    "sklearn digits": "sklearn digits",
+}
+PEFT_ROWS = {  # README method -> peft.json methods (LoRA is measured both ways it is spelled)
+    "full fine-tuning": ["full fine-tuning"],
+    "BitFit": ["bitfit"],
+    "LoRA": ["lora (freeze=lora, r=8)", "lora"],
+    "DoRA": ["dora"],
+    "IA³": ["ia3"],
+    "LoHa": ["loha"],
+    "LoKr": ["lokr"],
+    "AdaLoRA": ["adalora"],
+    "prompt / prefix tuning": [],  # its cells say "refused" (TEXT_CELLS): nothing measured
+}
+PEFT_COLUMNS = {"ViT-S/16": "vit_small_patch16_224", "MiniLM": "all-MiniLM-L6-v2"}
+TEXT_COLUMNS = {"config line", "adapter written"}  # words, not numbers
+TEXT_CELLS = {"refused"}  # a number's place held by a word the report cannot back
+
+# Sentences that quote reports: a regex over the README (whitespace collapsed) whose groups
+# are numbers, and where each number comes from: (report folder, table, row, column).
+# table "csv" is report.csv (row: strategy or None for a one-setting sweep); "alpha" is
+# report.md's "WiSE-FT by α" table (row: (strategy, α)).
+CLAIMS = [
+    (
+        r"At lr 1e-3 it reaches (\S+ ± \S+) test accuracy \(typos (\S+), truncation (\S+);",
+        [
+            ("strategies_bbc_lora_lr1e-3", "csv", None, "test/acc"),
+            ("strategies_bbc_lora_lr1e-3", "csv", None, "ood/typos_3/acc"),
+            ("strategies_bbc_lora_lr1e-3", "csv", None, "ood/truncation_5/acc"),
+        ],
+    ),
+    (
+        r"α = 0\.5 beats both ends on MNIST noise \((\S+) vs (\S+) at α=0 and (\S+) at α=1\)",
+        [
+            ("strategies_mnist", "alpha", ("full", "0.5"), "ood_gaussian_noise_3_acc"),
+            ("strategies_mnist", "alpha", ("full", "0"), "ood_gaussian_noise_3_acc"),
+            ("strategies_mnist", "alpha", ("full", "1"), "ood_gaussian_noise_3_acc"),
+        ],
+    ),
+    (
+        r"α = 0\.75 on MNIST digits \((\S+) vs (\S+)/(\S+)\) "
+        r"and BBC typos \((\S+) vs (\S+)/(\S+)\)",
+        [
+            ("strategies_mnist", "alpha", ("full", "0.75"), "ood_digits_acc"),
+            ("strategies_mnist", "alpha", ("full", "0"), "ood_digits_acc"),
+            ("strategies_mnist", "alpha", ("full", "1"), "ood_digits_acc"),
+            ("strategies_bbc", "alpha", ("full", "0.75"), "ood_typos_3_acc"),
+            ("strategies_bbc", "alpha", ("full", "0"), "ood_typos_3_acc"),
+            ("strategies_bbc", "alpha", ("full", "1"), "ood_typos_3_acc"),
+        ],
+    ),
+    (
+        r"α = 0 is poor here \((\S+) and (\S+) test accuracy\)",
+        [
+            ("strategies_mnist", "alpha", ("full", "0"), "test_acc"),
+            ("strategies_bbc", "alpha", ("full", "0"), "test_acc"),
+        ],
+    ),
+]
+
+# Committed reports written before their writer recorded command, commit, date and machine.
+# Not back-filled: the facts were not recorded then, and inventing them would be the lie
+# these checks exist to catch. Rerunning a report (make results) must drop its entry.
+WITHOUT_PROVENANCE = {
+    "strategies_mnist": "ftlab-report before it wrote provenance.json (README: 2026-11-23)",
+    "strategies_bbc": "ftlab-report before it wrote provenance.json (README: 2026-11-23)",
+    "strategies_bbc_lora_lr1e-3": "ftlab-report before it wrote provenance.json",
+    **{
+        f"{bench}.json": "benchmarks/common.py write_results records machine and date, "
+        "not the command or ftlab's commit"
+        for bench in (
+            "compile",
+            "distill",
+            "frozen",
+            "memory",
+            "overhead",
+            "peft",
+            "startup",
+            "sweep_cache",
+            "syncs",
+        )
+    },
+}
+MACHINE_KEYS = ("cpu", "cores", "torch")
+
+
+@dataclass
+class Table:
+    """A README markdown table: its header, rows, and the text between it and the table or
+    heading before it (where its source is named)."""
+
+    section: str  # the "## " heading it is under
+    lead: str
+    header: list[str]
+    rows: list[list[str]]
+    header_line: str
+
+
+def readme_tables(text: str) -> list[Table]:
+    """Every markdown table of ``text``, indented ones (inside a list item) too."""
+    tables, lead, section = [], [], ""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("## "):
+            section, lead = line, []
+        elif line.startswith("### "):
+            lead = [line]
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].strip().startswith("|-"):
+            body = []
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                body.append(cells(lines[i]))
+                i += 1
+            tables.append(Table(section, "\n".join(lead), cells(line), body, line))
+            lead = []
+            continue
+        lead.append(lines[i])
+        i += 1
+    return tables
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def source_of(table: Table) -> Path | None:
+    for pattern, fixed in SOURCE_PATTERNS:
+        if match := pattern.search(table.lead):
+            return ROOT / (fixed or match.group(1))
+    return None
+
+
+SUFFIXES = {"k": 1e3, "M": 1e6, "%": 1.0}
+
+
+def shown(text: str) -> list[tuple[float, float]]:
+    """The numbers of a cell as (value, half a unit of its last digit): ``0.588 ± 0.009`` is
+    [(0.588, 0.0005), (0.009, 0.0005)]; ``3.384 M`` is [(3.384e6, 500)]."""
+    numbers = []
+    for part in text.replace("*", "").split("±"):
+        match = re.fullmatch(r"\s*(-?\d+(?:\.(\d+))?)\s*([kM%]?)\s*", part)
+        if match is None:
+            raise ValueError(f"not a number: {text!r}")
+        scale = SUFFIXES.get(match.group(3), 1.0)
+        decimals = len(match.group(2) or "")
+        numbers.append((float(match.group(1)) * scale, 0.5 * 10**-decimals * scale))
+    return numbers
+
+
+def agrees(cell: str, values: list[float], slack: float = 0.0) -> bool:
+    """Whether a README cell rounds from the report's values (mean, then std if shown);
+    ``slack`` widens the interval by the report's own rounding when it is a rounded copy."""
+    numbers = shown(cell)
+    if len(numbers) > len(values):
+        return False
+    return all(
+        abs(value - actual) <= half + slack + 1e-9
+        for (value, half), actual in zip(numbers, values, strict=False)
+    )
+
+
+def compare(
+    table: Table,
+    source: str,
+    rows: dict[str, Any],
+    columns: dict[str, Any],
+    lookup: Callable[[Any, Any], tuple[list[float], float] | None],
+) -> list[str]:
+    """Every cell of ``table`` against ``lookup(row key, column key)`` (the report's mean and
+    std, and its own rounding), the README's row and column names mapped by ``rows`` and
+    ``columns``; a name without a mapping is a problem (so no cell goes unchecked), a
+    ``lookup`` of None a cell with nothing to compare."""
+    problems = []
+    unknown = [n for n in table.header[1:] if n not in columns and n not in TEXT_COLUMNS]
+    problems += [f"{source}: README column {n!r} has no mapping in the test" for n in unknown]
+    for row in table.rows:
+        if row[0] not in rows:
+            problems.append(f"{source}: README row {row[0]!r} has no mapping in the test")
+            continue
+        for name, cell in zip(table.header[1:], row[1:], strict=True):
+            if name not in columns or cell in TEXT_CELLS:
+                continue
+            found = lookup(rows[row[0]], columns[name])
+            if found is None:
+                problems.append(f"{source}: {row[0]} / {name}: not in the report")
+            elif not agrees(cell, *found):
+                problems.append(f"{source}: {row[0]} / {name}: README {cell}, report {found[0]}")
+    return problems
+
+
+def check_sweep_table(table: Table, folder: Path) -> list[str]:
+    """A strategies table against its folder's report.csv."""
+    report = pd.read_csv(folder / "report.csv", keep_default_na=False, na_values=[""])
+    report["wise_ft"] = report.get("wise_ft", pd.Series("", index=report.index)).fillna("")
+
+    def lookup(setting: tuple[str, str], metric: str) -> tuple[list[float], float] | None:
+        strategy, wise_ft = setting
+        found = report[(report["strategy"] == strategy) & (report["wise_ft"] == wise_ft)]
+        if len(found) != 1:
+            return None
+        return [found.iloc[0][f"{metric}_mean"], found.iloc[0][f"{metric}_std"]], 0.0
+
+    return compare(table, folder.name, STRATEGY_ROWS, STRATEGY_COLUMNS, lookup)
+
+
+def check_distill_table(table: Table, path: Path) -> list[str]:
+    """The distillation table against distill_mnist.json's rows."""
+    rows = json.loads(path.read_text())["rows"]
+
+    def lookup(key: str, column: str) -> tuple[list[float], float] | None:
+        stats = rows.get(key, {}).get(column)
+        return None if stats is None else ([stats["mean"], stats["std"]], 0.0)
+
+    return compare(table, path.name, DISTILL_ROWS, DISTILL_COLUMNS, lookup)
+
+
+def check_peft_table(table: Table, path: Path) -> list[str]:
+    """The PEFT table's trainable shares (%) against peft.json, every spelling of a method."""
+    results = json.loads(path.read_text())["results"]
+
+    def lookup(methods: list[str], model: str) -> tuple[list[float], float] | None:
+        shares = [
+            r["trainable_share"] * 100
+            for r in results
+            if r["model"] == model and r["method"] in methods
+        ]
+        if not shares or max(shares) - min(shares) > 1e-9:
+            return None  # absent, or the spellings disagree
+        return [shares[0]], 5e-5  # peft.json rounds the share to 6 decimals: 1e-4 %
+
+    return compare(table, path.name, PEFT_ROWS, PEFT_COLUMNS, lookup)
+
+
+CHECKERS = {
+    "report.csv": check_sweep_table,
+    "distill_mnist.json": check_distill_table,
+    "peft.json": check_peft_table,
+}
+
+
+def table_problems(text: str) -> list[str]:
+    """Every README table with a committed source, checked against it; unsourced tables of
+    "## Results" must be listed in UNSOURCED."""
+    problems = []
+    for table in readme_tables(text):
+        source = source_of(table)
+        if source is None:
+            if table.section == "## Results" and table.header_line not in UNSOURCED:
+                problems.append(f"README table {table.header_line!r} names no committed report")
+            continue
+        if source.is_dir():
+            problems += CHECKERS["report.csv"](table, source)
+        elif source.name in CHECKERS:
+            problems += CHECKERS[source.name](table, source)
+        else:
+            problems.append(f"README table {table.header_line!r}: no checker for {source.name}")
+    return problems
+
+
+def claim_problems(text: str) -> list[str]:
+    """The sentences of CLAIMS, their numbers against the reports."""
+    flat = " ".join(text.split())
+    problems = []
+    for pattern, sources in CLAIMS:
+        match = re.search(pattern, flat)
+        if match is None:
+            problems.append(f"README no longer says /{pattern}/: update CLAIMS")
+            continue
+        for cell, (folder, kind, row, name) in zip(match.groups(), sources, strict=True):
+            values, slack = claim_value(RESULTS / folder, kind, row, name)
+            if not agrees(cell, values, slack):
+                problems.append(f"{folder} {row} {name}: README {cell}, report {values}")
+    return problems
+
+
+def claim_value(folder: Path, kind: str, row: tuple | None, name: str) -> tuple[list, float]:
+    """A report's (mean, std) and the slack its own rounding adds."""
+    if kind == "csv":
+        report = pd.read_csv(folder / "report.csv")
+        found = report if row is None else report[report["strategy"] == row]
+        assert len(found) == 1, f"{folder.name}: {len(found)} rows for {row}"
+        return [found.iloc[0][f"{name}_mean"], found.iloc[0][f"{name}_std"]], 0.0
+    # report.md's α table shows 4 significant digits: their own half unit is the slack.
+    tables = readme_tables((folder / "report.md").read_text())
+    alpha = next(t for t in tables if t.header[:2] == ["strategy", "α"])
+    cell = next(r for r in alpha.rows if tuple(r[:2]) == row)[alpha.header.index(name)]
+    (mean, half), *std = shown(cell)
+    return [mean, *(s for s, _ in std)], half
+
+
+def test_readme_tables_match_their_committed_reports() -> None:
+    assert table_problems(README.read_text()) == []
+
+
+def test_readme_sentences_quoting_reports_match_them() -> None:
+    assert claim_problems(README.read_text()) == []
+
+
+def test_every_sourced_table_is_checked() -> None:
+    """The tables this file knows: both strategy tables, distillation and PEFT (a new sourced
+    table without a checker fails table_problems)."""
+    sources = [source_of(t) for t in readme_tables(README.read_text())]
+    names = sorted(s.name for s in sources if s is not None)
+    assert names == [
+        "distill_mnist.json",
+        "peft.json",
+        "strategies_bbc",
+        "strategies_mnist",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("| 0.588 ± 0.009 |", "| 0.589 ± 0.009 |", "scratch (random init, full training) / test"),
+        ("| 0.657 ± 0.035 |", "| 0.657 ± 0.045 |", "gradual unfreezing / typos"),  # a std
+        ("| 0.196 M |", "| 0.197 M |", "LoRA r=8 / trainable"),
+        ("| 0.255% |", "| 0.265% |", "BitFit / ViT-S/16"),
+        ("| 0.250 ± 0.136 |", "| 0.260 ± 0.136 |", "student distilled (α = 0.5, T = 4) / sk"),
+        ("(0.316 vs 0.184", "(0.326 vs 0.184", "('full', '0.5') ood_gaussian_noise_3_acc"),
+        ("reaches 0.799 ± 0.065", "reaches 0.799 ± 0.075", "None test/acc"),
+    ],
+)
+def test_an_edited_readme_number_is_caught(old: str, new: str, expected: str) -> None:
+    text = README.read_text()
+    assert text.count(old) == 1, f"the README changed: pick another number than {old!r}"
+    problems = table_problems(text.replace(old, new)) + claim_problems(text.replace(old, new))
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def committed_reports() -> list[Path]:
+    """Report folders (holding report.md) and result files under benchmarks/results/, as git
+    tracks them (a report nobody committed is nobody's claim); a .md with a .json twin is the
+    same report."""
+    listed = subprocess.run(
+        ["git", "ls-files", "benchmarks/results"], cwd=ROOT, capture_output=True, text=True
+    )
+    paths = [ROOT / p for p in listed.stdout.split()] if listed.returncode == 0 else []
+    paths = paths or sorted(RESULTS.rglob("*"))  # not a git checkout: what is on disk
+    reports = {p.parent for p in paths if p.name == "report.md"}
+    reports |= {p for p in paths if p.suffix == ".json" and p.parent == RESULTS}
+    reports |= {p for p in paths if p.suffix == ".md" and p.parent == RESULTS}
+    return sorted(
+        r for r in reports if not (r.suffix == ".md" and r.with_suffix(".json") in reports)
+    )
+
+
+def provenance_of(report: Path) -> dict:
+    """Command, commit, date and machine as the report records them ({} where it does not)."""
+    if report.is_dir():
+        path = report / "provenance.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+    if report.suffix != ".json":
+        return {}
+    body = json.loads(report.read_text())
+    machine = body.get("machine") or {}
+    return {
+        "command": body.get("command") or body.get("commands"),
+        "ftlab_commit": body.get("ftlab_commit"),
+        "date": body.get("date") or machine.get("date"),
+        "machine": machine,
+    }
+
+
+def missing_provenance(record: dict) -> list[str]:
+    missing = [k for k in ("command", "ftlab_commit", "date") if not record.get(k)]
+    machine = record.get("machine") or {}
+    return missing + [f"machine.{k}" for k in MACHINE_KEYS if not machine.get(k)]
+
+
+def test_every_committed_report_records_command_commit_date_and_machine() -> None:
+    reports = committed_reports()
+    assert reports, "no committed report found under benchmarks/results"
+    problems = []
+    for report in reports:
+        missing = missing_provenance(provenance_of(report))
+        if report.name in WITHOUT_PROVENANCE:
+            if not missing:
+                problems.append(f"{report.name} records its provenance now: drop its exception")
+        elif missing:
+            problems.append(f"{report.name} does not record {', '.join(missing)}")
+        else:
+            commit = provenance_of(report)["ftlab_commit"]
+            known = subprocess.run(
+                ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True
+            )
+            if known.returncode != 0 and (ROOT / ".git").exists():
+                problems.append(f"{report.name}: ftlab commit {commit} is not in this repository")
+    stale = set(WITHOUT_PROVENANCE) - {r.name for r in reports}
+    problems += [f"{name}: listed in WITHOUT_PROVENANCE but not committed" for name in stale]
+    assert problems == []
+
+
+def test_a_new_report_without_provenance_fails(tmp_path: Path) -> None:
+    """The exception list covers the old reports by name only: a new one must record it all."""
+    (tmp_path / "report.md").write_text("# Sweep report\n")
+    assert tmp_path.name not in WITHOUT_PROVENANCE
+    assert missing_provenance(provenance_of(tmp_path)) == [
+        "command",
+        "ftlab_commit",
+        "date",
+        "machine.cpu",
+        "machine.cores",
+        "machine.torch",
+    ]
+    record = {"command": "ftlab-report x", "ftlab_commit": "abc", "date": "2026-12-01"}
+    (tmp_path / "provenance.json").write_text(json.dumps(record | {"machine": {"cpu": "x"}}))
+    assert missing_provenance(provenance_of(tmp_path)) == ["machine.cores", "machine.torch"]
