@@ -248,7 +248,7 @@ def make_soup(sweep: str | Path, recipe: str, device: str = "auto") -> dict[str,
             ingredients.append(job.name)
             continue
         val = scorer.score(pot.with_(state), only_val=True)["val"]["acc"]
-        kept = val > soup_val  # the paper's rule: keep it unless val accuracy drops
+        kept = val >= soup_val  # the paper's rule: keep it unless val accuracy drops
         steps.append(
             {"job": job.name, "job_val_acc": job.val_acc, "soup_val_acc": val, "kept": kept}
         )
