@@ -233,7 +233,7 @@ def source(tmp_path_factory) -> Path:
 
 
 def test_init_from_loads_the_backbone_and_the_head(make_cfg, source):
-    module, _ = compose.model_and_data(make_cfg(*FAST, f"init_from={source}"))
+    module, _ = compose.model_and_data(make_cfg(*FAST, f"model.init_from={source}"))
     state = load_checkpoint(str(source))["state_dict"]
     ours = module.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in state.items()), "a tensor was not loaded"
@@ -250,7 +250,7 @@ def test_init_from_with_other_classes_keeps_a_new_head(make_cfg, source, tmp_pat
     ckpt["ftlab"]["classes"] = [f"c{i}" for i in range(10)]  # another task's classes
     other = tmp_path / "other_classes.ckpt"
     torch.save(ckpt, other)
-    module, _ = compose.model_and_data(make_cfg(*FAST, f"init_from={other}"))
+    module, _ = compose.model_and_data(make_cfg(*FAST, f"model.init_from={other}"))
     ours = module.state_dict()
     backbone = [k for k in ckpt["state_dict"] if k.startswith("backbone.")]
     assert all(torch.equal(ours[k], ckpt["state_dict"][k]) for k in backbone)
@@ -270,10 +270,18 @@ REFUSED = {
     "another model": (
         lambda src, tmp: src,
         ["model=test_vit"],
-        r"init_from=.* holds a test_resnet model, this run builds test_vit: give a test_vit checkpoint",
+        r"model\.init_from=.* holds a test_resnet model, this run builds test_vit: give a test_vit checkpoint",
     ),
-    "other keys": (_drop_a_key, [], r"init_from=.* does not fit this run's backbone: 1 missing"),
-    "no file": (lambda src, tmp: tmp / "nope.ckpt", [], r"init_from=.*nope.ckpt: no such file"),
+    "other keys": (
+        _drop_a_key,
+        [],
+        r"model\.init_from=.* does not fit this run's backbone: 1 missing",
+    ),
+    "no file": (
+        lambda src, tmp: tmp / "nope.ckpt",
+        [],
+        r"model\.init_from=.*nope.ckpt: no such file",
+    ),
 }
 
 
@@ -282,7 +290,7 @@ def test_init_from_refuses_another_architecture_in_one_line(
     make_cfg, source, tmp_path, path, extra, message
 ):
     ckpt = path(source, tmp_path)
-    cfg = make_cfg(*FAST, *extra, f"init_from={ckpt}")
+    cfg = make_cfg(*FAST, *extra, f"model.init_from={ckpt}")
     with pytest.raises(FtlabError, match=message) as err:
         compose.model_and_data(cfg)
     assert "\n" not in str(err.value)
@@ -305,8 +313,8 @@ def test_two_stage_surgical_run_records_forgetting_equal_to_a_direct_evaluation(
     run = run_cli(
         "train.py",
         *FAST,
-        f"init_from={source}",
-        "forgetting=digits",
+        f"model.init_from={source}",
+        "eval.forgetting=digits",
         "freeze=surgical",
         "freeze.blocks=[first]",
         "optimizer.lr=0.01",  # move the weights enough that the source task can suffer
@@ -345,6 +353,7 @@ def test_two_stage_surgical_run_records_forgetting_equal_to_a_direct_evaluation(
 
 def test_forgetting_needs_init_from(make_cfg, tmp_path):
     with pytest.raises(
-        FtlabError, match=r"forgetting=digits compares with the source run's model: set init_from="
+        FtlabError,
+        match=r"eval\.forgetting=digits compares with the source run's model: set model\.init_from=",
     ):
-        train(make_cfg(*FAST, "forgetting=digits"))
+        train(make_cfg(*FAST, "eval.forgetting=digits"))

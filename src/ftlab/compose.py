@@ -47,7 +47,9 @@ def plain(node: Any) -> Any:
 
 def backbone(cfg: DictConfig) -> Any:
     """The ``model`` group: ``ftlab.backbones.build_backbone`` with its options."""
-    return instantiate(cfg.model)
+    model = plain(cfg.model)
+    model.pop("init_from", None)  # the run's starting weights (model_and_data), not an option
+    return instantiate(model)
 
 
 def data(cfg: DictConfig, input_spec: Any) -> ClassificationDataModule:
@@ -106,8 +108,8 @@ def model_and_data(cfg: DictConfig) -> tuple[FinetuneModule, ClassificationDataM
     if cfg.get("compile"):
         compile_backbone(built, cfg.trainer.get("accelerator"))
     made = module(cfg, built, dm)
-    if cfg.get("init_from"):  # another run's fine-tuned weights: a new run, not a resume
-        made.started_from = start_from(made, str(cfg.init_from))
+    if cfg.model.get("init_from"):  # another run's fine-tuned weights: a new run, not a resume
+        made.started_from = start_from(made, str(cfg.model.init_from))
     return made, dm
 
 

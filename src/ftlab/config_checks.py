@@ -216,8 +216,8 @@ NUMBERS: tuple[Rule, ...] = (
     _r("export", Word("one of merged, hf, timm, onnx", EXPORTS), example="hf", null=True),
     _r("faults.check_every", Count(1, note="optimizer steps"), example=10),
     # a checkpoint to start from, and the conf/data option of its task (two-stage runs)
-    _r("init_from", Word("a checkpoint path"), example="<run>/checkpoints/last.ckpt", null=True),
-    _r("forgetting", Word("a conf/data option"), example="digits", null=True),
+    _r("model.init_from", Word("a checkpoint path"), example="<run>/last.ckpt", null=True),
+    _r("eval.forgetting", Word("a conf/data option"), example="digits", null=True),
     _r(
         "wise_ft.alphas",
         Items(Real(0, 1), "a list of numbers in [0, 1]"),

@@ -1,4 +1,4 @@
-"""``init_from``: start a new run from another run's fine-tuned weights (two-stage studies).
+"""``model.init_from``: start a new run from another run's fine-tuned weights (two-stage studies).
 
 Unlike ``ckpt_path`` (resume: the same run, its optimizer, schedule and epoch counter), this
 loads only weights into a freshly built module: the backbone always, the head when the source
@@ -20,7 +20,7 @@ from ftlab.module import FinetuneModule
 
 log = logging.getLogger("ftlab")
 
-KEY = "init_from"
+KEY = "model.init_from"
 
 
 def start_from(module: FinetuneModule, path: str, key: str = KEY) -> dict[str, Any]:

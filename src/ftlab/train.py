@@ -89,8 +89,10 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         test=bool(cfg.get("test", True)),
         seed=int(cfg.seed),
     )
-    # forgetting=<data option>: the source task's test set, checked before fit
-    forgetting = Forgetting.build(cfg.get("forgetting"), cfg.get("init_from"), module, data)
+    # eval.forgetting=<data option>: the source task's test set, checked before fit
+    forgetting = Forgetting.build(
+        (cfg.get("eval") or {}).get("forgetting"), cfg.model.get("init_from"), module, data
+    )
     # Head-only epochs train on cached features (ftlab.finetuning.features).
     cache = FeatureCache.for_module(
         module, data, compose.plain(cfg.trainer), cfg.paths.get("cache_dir")
@@ -191,7 +193,7 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         "phases": history,
         "rank_checksums": checksums,
         "world_size": trainer.world_size,
-        "init_from": module.started_from,  # init_from: the source checkpoint, head loaded or new
+        "init_from": module.started_from,  # model.init_from: the source, head loaded or new
         **rgn,
         **extra,  # ood, wise_ft, drift (ftlab.evaluation)
     }

@@ -1,5 +1,5 @@
-"""Catastrophic forgetting, measured directly: after a two-stage run (``init_from``), the source
-task's test set scored by the source run's own model and by the adapted one.
+"""Catastrophic forgetting, measured directly: after a two-stage run (``model.init_from``), the
+source task's test set scored by the source run's own model and by the adapted one.
 
 The adapted model keeps its own head when its classes are the source's (the head came from the
 source run and went on training); otherwise the source run's head reads the adapted backbone's
@@ -24,7 +24,7 @@ from ftlab.evaluation.ood import _shared_keys
 from ftlab.module import Classifier, FinetuneModule
 from ftlab.options import load_option
 
-KEY = "forgetting"
+KEY = "eval.forgetting"
 
 
 class Forgetting:
@@ -37,11 +37,11 @@ class Forgetting:
         self.data = build_data(cfg, input_spec)
         self.data.prepare_data()
         self.data.setup("test")
-        classes = load_checkpoint(source, key="init_from")["ftlab"].classes
+        classes = load_checkpoint(source, key="model.init_from")["ftlab"].classes
         if list(classes) != list(self.data.classes):
             raise FtlabError(
-                f"{KEY}={option} has classes {list(self.data.classes)[:10]}, the init_from run "
-                f"was trained on {list(classes)[:10]}: name the source run's data option"
+                f"{KEY}={option} has classes {list(self.data.classes)[:10]}, the model.init_from "
+                f"run was trained on {list(classes)[:10]}: name the source run's data option"
             )
 
     @classmethod
@@ -52,13 +52,13 @@ class Forgetting:
         module: FinetuneModule,
         data: ClassificationDataModule,
     ) -> Forgetting | None:
-        """The measurement ``forgetting=<data option>`` asks for, else None."""
+        """The measurement ``eval.forgetting=<data option>`` asks for, else None."""
         if not option:
             return None
         if not source:
             raise FtlabError(
                 f"{KEY}={option} compares with the source run's model: set "
-                "init_from=<source run>/checkpoints/<best>.ckpt, or drop forgetting"
+                "model.init_from=<source run>/checkpoints/<best>.ckpt, or drop eval.forgetting"
             )
         if not isinstance(module, Classifier):
             raise FtlabError(f"{KEY} scores single-label classifiers: drop it for this module")
@@ -68,7 +68,7 @@ class Forgetting:
         """``{data, source_acc, adapted_acc, drop, head}`` on the source test set (within
         ``trainer.limit_test_batches``), ``module`` as the trainer left it (best weights)."""
         device = next(module.parameters()).device
-        source, _ = restore_module(load_checkpoint(self.source, key="init_from"), self.source)
+        source, _ = restore_module(load_checkpoint(self.source, key="model.init_from"), self.source)
         source.to(device)
         shared = list(module.record.classes) == list(source.record.classes)
         adapted: FinetuneModule = module
