@@ -8,10 +8,10 @@ depend on what it predicts); student: ImageNet MobileNetV2; MNIST at 64 px, batc
 validation. The cached side reads the logits the teacher computed once over the train split
 (reported apart, as the cache build); the other side runs the teacher's forward in every step.
 Fits alternate cached / on the fly ``repeats`` times in one process, each fit 2 epochs, the
-first dropped as warm-up. Value: the ratio of the median step times (on the fly / cached;
-on_train_batch_start to on_train_batch_end, pooled over the fits), what an epoch multiplies and
-steadier under load than whole epochs; ``epoch_ratio``, the ratio of the median epoch times
-(the loading of the cached logits included), beside it. They agree on a quiet machine.
+first dropped as warm-up, on one thread. Value: the ratio (on the fly / cached) of the median
+time from one training batch's start to the next's, pooled over the fits: a step and the
+loading of the next batch, so an epoch's cost per batch, and steadier under load than whole
+epochs; ``epoch_ratio``, the ratio of the median epoch times, beside it.
 
 full fine-tuning
     The student trains whole (forward, backward, AdamW over 2.2 M weights); the teacher's
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,25 @@ CASES: dict[str, dict[str, Any]] = {
     "linear probe": {"freeze": "linear_probe"},
 }
 EPOCHS = 2  # the first is warm-up
+
+
+class Intervals(L.Callback):
+    """Seconds from one training batch's start to the next's, after the first epoch: a step
+    plus the loading of the next batch, what an epoch is made of (a median of them stands a
+    loaded machine's spikes better than whole epochs do)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._last: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._last is not None and trainer.current_epoch > 0:
+            self.seconds.append(now - self._last)
+        self._last = now
 
 
 def save_teacher(path: Path, classes: list[str]) -> Path:
@@ -80,12 +100,12 @@ def fit(teacher: Path, freeze: str, cached: bool, samples: int, cache_dir: str) 
     trainer_kwargs = {"max_epochs": EPOCHS, "limit_val_batches": 0}
     features = FeatureCache.for_module(module, data, trainer_kwargs, cache_dir)
     fit_data = module.fit_data(features.datamodule, data, trainer_kwargs, cache_dir)
-    probe = Probe()
+    probe, intervals = Probe(), Intervals()
     trainer = L.Trainer(
         **trainer_kwargs,
         **features.trainer_kwargs,
         accelerator="cpu",
-        callbacks=[probe, *features.callbacks],
+        callbacks=[probe, intervals, *features.callbacks],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -95,10 +115,9 @@ def fit(teacher: Path, freeze: str, cached: bool, samples: int, cache_dir: str) 
     logits = module.report()["teacher_logits"]
     if logits["used"] != cached:
         raise RuntimeError(f"teacher logits cached={logits['used']}, not {cached}: {logits}")
-    first = probe.record["step_epoch"].index(1)  # epoch 0 is warm-up
     return {
         "epoch_s": probe.record["epoch_s"][1:],
-        "step_s": probe.record["step_s"][first:],
+        "batch_s": intervals.seconds,
         "logits": logits,
         "features": features.report(),
     }
@@ -106,7 +125,7 @@ def fit(teacher: Path, freeze: str, cached: bool, samples: int, cache_dir: str) 
 
 def case(name: str, freeze: str, teacher: Path, repeats: int, samples: int) -> list[dict]:
     epochs: dict[bool, list[float]] = {True: [], False: []}
-    steps: dict[bool, list[float]] = {True: [], False: []}
+    batches: dict[bool, list[float]] = {True: [], False: []}
     builds: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ftlab-bench-") as cache_dir:
         runs: dict[bool, list[dict]] = {True: [], False: []}
@@ -119,13 +138,19 @@ def case(name: str, freeze: str, teacher: Path, repeats: int, samples: int) -> l
     for side, fits in runs.items():
         for run in fits:
             epochs[side] += run["epoch_s"]
-            steps[side] += run["step_s"]
+            batches[side] += run["batch_s"]
             if side and run["logits"]["source"] == "computed":
                 builds.append(run["logits"]["seconds"] + run["features"]["seconds"])
     cached_s, fly_s = statistics.median(epochs[True]), statistics.median(epochs[False])
-    step = {side: statistics.median(times) for side, times in steps.items()}
-    ratio = step[False] / step[True]
-    common = {"repeats": repeats, "samples": samples, "freeze": freeze, "epochs_per_fit": EPOCHS}
+    batch = {side: statistics.median(times) for side, times in batches.items()}
+    ratio = batch[False] / batch[True]
+    common = {
+        "repeats": repeats,
+        "samples": samples,
+        "freeze": freeze,
+        "epochs_per_fit": EPOCHS,
+        "torch_threads": torch.get_num_threads(),
+    }
     return [
         report(
             "distill",
@@ -135,8 +160,8 @@ def case(name: str, freeze: str, teacher: Path, repeats: int, samples: int) -> l
             "report only",
             None,
             epoch_ratio=round(fly_s / cached_s, 3),
-            cached_step_s=round(step[True], 4),
-            teacher_step_s=round(step[False], 4),
+            cached_batch_s=round(batch[True], 4),
+            teacher_batch_s=round(batch[False], 4),
             cached_epoch_s=round(cached_s, 4),
             teacher_epoch_s=round(fly_s, 4),
             cached_epochs_s=[round(x, 4) for x in epochs[True]],
@@ -160,10 +185,17 @@ def run(quick: bool = False) -> list[dict]:
     quiet()
     repeats, samples = (2, 256) if quick else (3, 512)
     records = []
-    with tempfile.TemporaryDirectory(prefix="ftlab-bench-") as tmp:
-        teacher = save_teacher(Path(tmp) / "teacher.ckpt", [str(i) for i in range(10)])
-        for name, options in CASES.items():
-            records += case(name, options["freeze"], teacher, repeats, samples)
+    # One thread, as the README's tables: two threads on two cores that other work shares
+    # stall on the slower one and swing the timings by several times.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ftlab-bench-") as tmp:
+            teacher = save_teacher(Path(tmp) / "teacher.ckpt", [str(i) for i in range(10)])
+            for name, options in CASES.items():
+                records += case(name, options["freeze"], teacher, repeats, samples)
+    finally:
+        torch.set_num_threads(threads)
     return records
 
 
