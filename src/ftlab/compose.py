@@ -47,9 +47,7 @@ def plain(node: Any) -> Any:
 
 def backbone(cfg: DictConfig) -> Any:
     """The ``model`` group: ``ftlab.backbones.build_backbone`` with its options."""
-    model = plain(cfg.model)
-    model.pop("init_from", None)  # the run's starting weights (model_and_data), not an option
-    return instantiate(model)
+    return instantiate(cfg.model)  # model.init_from is applied to the module (model_and_data)
 
 
 def data(cfg: DictConfig, input_spec: Any) -> ClassificationDataModule:

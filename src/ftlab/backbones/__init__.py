@@ -56,6 +56,9 @@ def build_backbone(
 
     # A training switch, not an architecture setting: applied here, never recorded.
     checkpointing = bool(extra.pop("grad_checkpointing", False))
+    # The weights a run starts from: ftlab.compose loads them into the whole module (backbone and
+    # head) once it is built; the backbone itself is built as configured.
+    extra.pop("init_from", None)
     weights = weights or None  # an empty override (model.weights=) means none
     kind = resolve_source(name, source)
     if kind == "timm":
