@@ -302,6 +302,9 @@ def fresh(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Fresh:
         k: v
         for k, v in os.environ.items()
         if k not in ("PYTHONPATH", "FTLAB_CONFIG_DIR", "HYDRA_FULL_ERROR", "VIRTUAL_ENV")
+        # Run under `make test ARGS=...`, make exports the outer command line's variables to
+        # every make below it: the starter's own `make test` would take ftlab's pytest ARGS.
+        and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS")
     }
     env.update(
         PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",

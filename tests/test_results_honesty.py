@@ -147,9 +147,7 @@ WITHOUT_PROVENANCE = {
         "not the command or ftlab's commit"
         for bench in (
             "compile",
-            "distill",
             "frozen",
-            "memory",
             "overhead",
             "peft",
             "startup",

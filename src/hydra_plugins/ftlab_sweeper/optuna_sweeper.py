@@ -155,7 +155,7 @@ class FtlabOptunaSweeper(Sweeper):
         while True:
             search.recover(study, sweep_dir, objectives, grace)  # workers that died since
             room = min(s["n_jobs"], s["n_trials"] - search.taken(study))
-            trials = [study.ask(space.distributions) for _ in range(max(room, 0))]
+            trials = [self._ask(study, space) for _ in range(max(room, 0))]
             for trial in [t for t in trials if search.surplus(study, t, s["n_trials"])]:
                 search.give_back(study, trial)
                 trials.remove(trial)
@@ -165,6 +165,17 @@ class FtlabOptunaSweeper(Sweeper):
         search.write_results(study, sweep_dir / search.RESULTS_FILE, s["n_trials"], url, objectives)
         write_study_summary(study, sweep_dir, objectives)
         return returns
+
+    @staticmethod
+    def _ask(study: Any, space: Any) -> Any:
+        """A new trial, its worker recorded at once: a trial naming no worker is taken for a
+        live one's for a grace period (ftlab.sweeps.optuna_search.recover), so the window in
+        which a kill leaves it unnamed must be as short as one write."""
+        from ftlab.sweeps import optuna_search as search
+
+        trial = study.ask(space.distributions)
+        trial.set_user_attr("worker", search.worker_id())
+        return trial
 
     def _run_trials(
         self,
@@ -183,7 +194,6 @@ class FtlabOptunaSweeper(Sweeper):
         batch, owners = [], []
         for trial in trials:
             names = search.job_names(trial.number, seeds)
-            trial.set_user_attr("worker", search.worker_id())
             trial.set_user_attr("job_names", names)
             for name, seed in zip(names, seeds or [None], strict=True):
                 overrides = [*space.overrides(trial.params), f"hydra.sweep.subdir={name}"]
