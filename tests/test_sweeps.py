@@ -143,7 +143,8 @@ def test_optuna_search_interrupted_then_resumed_runs_up_to_n_trials(tmp_path: Pa
         study_name="test_cnn_digits", storage=f"sqlite:///{tmp_path}/optuna.db"
     )
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(complete) == 3  # the total, not 3 more
+    trials = [(t.number, t.state.name, t.user_attrs) for t in study.get_trials()]
+    assert len(complete) == 3, trials  # the total, not 3 more
     assert sorted(int(Path(t.user_attrs["job_dir"]).name) for t in complete) == job_numbers(
         tmp_path
     )
