@@ -132,7 +132,9 @@ def test_failed_job_leaves_status_and_the_sweep_goes_on(tmp_path: Path) -> None:
 def test_optuna_search_interrupted_then_resumed_runs_up_to_n_trials(tmp_path: Path) -> None:
     args = ["hparams_search=optuna", *TINY, "hydra.sweeper.n_trials=3"]
     first = start("-m", *args, f"hydra.sweep.dir={tmp_path}")
-    wait_for(tmp_path / "1" / "metrics.json", first)  # two trials done
+    # Two trials done and the third's job started: its worker is named on the trial by then
+    # (a kill inside study.ask, before that, leaves a trial that waits out the grace period).
+    wait_for(tmp_path / "2" / ".hydra" / "config.yaml", first)
     first.send_signal(signal.SIGKILL)  # a preempted or killed sweep: no chance to clean up
     first.wait()
     assert first.returncode == -signal.SIGKILL, "the search ended before it could be interrupted"
