@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +29,7 @@ from ftlab.finetuning.spec import FreezeSpec
 from ftlab.init_from import start_from
 from ftlab.loggers import logger_kwargs
 from ftlab.module import FinetuneModule
+from ftlab.options import named_class
 from ftlab.sweeps import wandb_context
 
 log = logging.getLogger("ftlab")
@@ -117,11 +118,8 @@ def _short_error(err: TypeError) -> str:
 
 
 def _module_class(target: Any) -> type[FinetuneModule]:
-    try:
-        cls = get_class(str(target))
-    except Exception:
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, FinetuneModule)):
+    cls = named_class(target, FinetuneModule)
+    if cls is None:
         raise FtlabError(
             f"module._target_={target} is not a LightningModule class ftlab can train: subclass "
             "ftlab.module.FinetuneModule (README: Your own module) and give its dotted path"

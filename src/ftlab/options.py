@@ -5,6 +5,7 @@ one read as plain values, for the library parts that name an option (an OOD set'
 from __future__ import annotations
 
 import os
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,19 @@ def conf_dir() -> str:
     (``src/ftlab/conf``; the repository's ``conf`` is a link to it)."""
     env = os.environ.get("FTLAB_CONFIG_DIR")
     return str(Path(env) if env else Path(__file__).resolve().parent / "conf")
+
+
+def named_class(target: Any, base: type) -> type | None:
+    """The class a config's ``_target_`` names (a dotted path, or the class itself) when it is
+    a subclass of ``base``, else None: a config chooses among ftlab's extension points only."""
+    cls = target
+    if isinstance(target, str):
+        module, _, name = target.rpartition(".")
+        try:
+            cls = getattr(import_module(module), name) if module else None
+        except (ImportError, AttributeError):
+            cls = None
+    return cls if isinstance(cls, type) and issubclass(cls, base) else None
 
 
 def load_option(group: str, option: str, where: str) -> dict[str, Any]:

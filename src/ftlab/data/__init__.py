@@ -5,7 +5,6 @@ Each is built by :func:`build_data` for the backbone's ``input_spec`` and yields
 """
 
 from collections.abc import Mapping
-from importlib import import_module
 from typing import Any
 
 from ftlab.data.base import ClassificationDataModule, Splits
@@ -16,6 +15,7 @@ from ftlab.data.in_memory import DigitsDataModule, FashionMNISTDataModule, MNIST
 from ftlab.data.text import TextDataModule
 from ftlab.data.text_csv import TextCSVDataModule
 from ftlab.errors import FtlabError
+from ftlab.options import named_class
 from ftlab.specs import ImageSpec, TextSpec
 
 __all__ = [
@@ -35,14 +35,8 @@ __all__ = [
 
 def data_class(target: str | type) -> type[ClassificationDataModule]:
     """The data module class a data config's ``_target_`` names (a dotted path, or the class)."""
-    cls = target
-    if isinstance(target, str):
-        module, _, name = target.rpartition(".")
-        try:
-            cls = getattr(import_module(module), name) if module else None
-        except (ImportError, AttributeError):
-            cls = None
-    if not (isinstance(cls, type) and issubclass(cls, ClassificationDataModule)):
+    cls = named_class(target, ClassificationDataModule)
+    if cls is None:
         raise FtlabError(
             f"data._target_={target} is not a data module class: give the dotted path of a "
             "ftlab.data.ClassificationDataModule subclass, e.g. ftlab.data.DigitsDataModule"

@@ -117,6 +117,16 @@ class FreezeSpec:
         return "freeze." if self.name == "lora" else "freeze.lora."
 
 
+def _schedule_entry(options: Mapping[str, Any], key: str) -> Any:
+    """``freeze.<key>`` of ``freeze=schedule``, else the same entry of its schedule file
+    (``freeze.phases=<yaml>``, as ``plan=true`` writes it)."""
+    value, phases = options.get(key), options.get("phases")
+    if value is None and isinstance(phases, str):
+        written = read_schedule_file(phases)
+        value = written.get(key) if isinstance(written, Mapping) else None
+    return value
+
+
 def _lora(name: str, options: Mapping[str, Any]) -> dict[str, Any] | None:
     """The LoRA settings as given: ``freeze=lora`` holds them as its own keys (``freeze.r``),
     ``freeze=schedule`` in ``freeze.lora`` (``freeze.lora.r``) or in its schedule file."""
@@ -124,10 +134,7 @@ def _lora(name: str, options: Mapping[str, Any]) -> dict[str, Any] | None:
         return dict(options)
     if name != "schedule":
         return None
-    lora, phases = options.get("lora"), options.get("phases")
-    if lora is None and isinstance(phases, str):
-        written = read_schedule_file(phases)
-        lora = written.get("lora") if isinstance(written, Mapping) else None
+    lora = _schedule_entry(options, "lora")
     if lora is None:
         return None
     if not isinstance(lora, Mapping):
@@ -150,10 +157,7 @@ def _peft(name: str, options: Mapping[str, Any]) -> dict[str, Any] | None:
         return {"method": options.get("method"), **keys}
     if name != "schedule":
         return None
-    peft, phases = options.get("peft"), options.get("phases")
-    if peft is None and isinstance(phases, str):
-        written = read_schedule_file(phases)
-        peft = written.get("peft") if isinstance(written, Mapping) else None
+    peft = _schedule_entry(options, "peft")
     if peft is None:
         return None
     if not isinstance(peft, Mapping) or "method" not in peft:
