@@ -23,6 +23,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from ftlab.sweeps.report import cpu_name, git
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -47,7 +49,7 @@ def report(bench: str, case: str, value: float, unit: str, target: str, ok: bool
 
 def machine() -> dict:
     return {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -57,16 +59,6 @@ def machine() -> dict:
         # Other work on the machine inflates every timing: check it before trusting one.
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def elapsed(fn: Callable[[], None]) -> float:
@@ -99,18 +91,10 @@ def write_results(name: str, records: list[dict], **extra: Any) -> Path:
     path = RESULTS / f"{name}.json"
     # What the results came from (tests/test_results_honesty.py holds every report to it).
     command = " ".join([Path(sys.executable).name, *sys.argv])
-    provenance = {"command": command, "ftlab_commit": _commit()}
+    provenance = {"command": command, "ftlab_commit": git(ROOT, "rev-parse", "HEAD")}
     body = {"machine": machine(), **provenance, **extra, "results": records}
     path.write_text(json.dumps(body, indent=2) + "\n")
     return path
-
-
-def _commit() -> str | None:
-    """``git rev-parse HEAD`` of the checkout, None outside one (never made up)."""
-    done = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def quiet() -> None:

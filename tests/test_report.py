@@ -460,7 +460,7 @@ def test_provenance_records_command_commit_date_machine(
     assert f"- ftlab commit: {head}" in md
     assert f"{machine['cores']} cores" in md and f"torch {machine['torch']}" in md
     # Out of a git checkout (an installed wheel) the commit is unknown, said, not invented.
-    monkeypatch.setattr(report, "_git", lambda *args: None)
+    monkeypatch.setattr(report, "git", lambda *args: None)
     write_report(strategies, out=out)
     assert json.loads((out / "provenance.json").read_text())["ftlab_commit"] is None
     assert "- ftlab commit: unknown (not a git checkout" in (out / "report.md").read_text()

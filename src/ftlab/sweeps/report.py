@@ -393,8 +393,8 @@ def provenance(sweep_dir: str | Path, command: str | None = None) -> dict[str, A
     The machine is the one that wrote the report: metrics.json does not record the jobs' own.
     """
     source = Path(__file__).resolve().parent
-    commit = _git(source, "rev-parse", "HEAD")
-    dirty = _git(source, "status", "--porcelain", "--untracked-files=no")
+    commit = git(source, "rev-parse", "HEAD")
+    dirty = git(source, "status", "--porcelain", "--untracked-files=no")
     path = Path(sweep_dir)
     written = sorted(p.stat().st_mtime for p in path.glob("*/metrics.json"))
     config_file = path / "multirun.yaml"
@@ -407,7 +407,7 @@ def provenance(sweep_dir: str | Path, command: str | None = None) -> dict[str, A
         "ftlab_version": _version("ftlab"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "torch": _version("torch"),  # from metadata: importing torch costs seconds
@@ -607,7 +607,7 @@ def _has_mean(summary: pd.DataFrame, metric: str) -> bool:
     return f"{metric}_mean" in summary and summary[f"{metric}_mean"].notna().any()
 
 
-def _git(where: Path, *args: str) -> str | None:
+def git(where: Path, *args: str) -> str | None:
     """``git <args>`` run in ``where``; None outside a git checkout or without git."""
     try:
         done = subprocess.run(
@@ -625,7 +625,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo); platform.processor() is empty on most Linux."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
