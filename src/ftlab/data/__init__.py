@@ -12,6 +12,7 @@ from ftlab.data.bbc_news import BBCNewsDataModule
 from ftlab.data.image_folder import ImageFolderDataModule
 from ftlab.data.images import ImageDataModule
 from ftlab.data.in_memory import DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
+from ftlab.data.target_domain import MNISTTargetDataModule
 from ftlab.data.text import TextDataModule
 from ftlab.data.text_csv import TextCSVDataModule
 from ftlab.errors import FtlabError
@@ -26,6 +27,7 @@ __all__ = [
     "ImageDataModule",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "MNISTTargetDataModule",
     "Splits",
     "TextCSVDataModule",
     "TextDataModule",
