@@ -38,7 +38,17 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ftlab.sweeps.report import load_sweep, write_report
+from ftlab.sweeps.report import (
+    PROVENANCE_FILE,
+    load_sweep,
+    provenance,
+    provenance_markdown,
+    wise_ft_curves,
+    write_report,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import findings  # benchmarks/ is not a package: run.py imports its scripts the same way
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -47,14 +57,16 @@ RESULTS = HERE / "results"
 DONE = "DONE"
 THREADS = 1  # per job: 2 one-thread jobs beat one two-thread job on 2 cores (small models)
 METRIC = "val/acc"
+PLATEAU_GAIN = 0.005  # val/acc gained by doubling the epochs below which the budget sufficed
 
 
 # -- plans ------------------------------------------------------------------------------------
 
 
 def read_plan(name: str) -> dict[str, Any]:
-    """A plan file, with ``base: <plan>`` merged in and ``only: [...]`` applied."""
-    path = PLANS / f"{name}.yaml"
+    """A plan (a name in benchmarks/plans, or a YAML file's path), with ``base: <plan>``
+    merged in and ``only: [...]`` applied."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PLANS / f"{name}.yaml"
     if not path.exists():
         names = sorted(p.stem for p in PLANS.glob("*.yaml"))
         raise SystemExit(f"error: no plan {name}: one of {', '.join(names)}")
@@ -66,7 +78,7 @@ def read_plan(name: str) -> dict[str, Any]:
             base["strategies"] = {k: v for k, v in base["strategies"].items() if k in only}
         base.update({k: v for k, v in plan.items() if k not in ("base", "only")})
         plan = base
-    plan["name"] = name
+    plan["name"] = Path(name).stem
     return plan
 
 
@@ -144,12 +156,15 @@ def best_checkpoint(tune_dir: Path) -> Path:
 class Driver:
     """Runs one plan into ``root`` and writes its report into ``out``."""
 
-    def __init__(self, plan: dict[str, Any], root: Path, out: Path, jobs: int) -> None:
+    def __init__(
+        self, plan: dict[str, Any], root: Path, out: Path, jobs: int, extra: list[str] = ()
+    ) -> None:
         self.plan, self.root, self.out, self.jobs = plan, root, out, jobs
         self.base = [
-            f"experiment={plan['experiment']}",
+            *([f"experiment={plan['experiment']}"] if plan.get("experiment") else []),
             f"trainer.max_epochs={plan['epochs']}",
             *plan.get("overrides", []),
+            *extra,
         ]
         self.chosen: dict[str, dict[str, str]] = {}
         self.tune_val: dict[str, float] = {}
@@ -236,7 +251,8 @@ class Driver:
 
     # -- the report -------------------------------------------------------------------------------
 
-    def report(self, command: str) -> None:
+    def report(self, command: str) -> pd.DataFrame:
+        """report.md (ftlab-report's, plus tuning, budget, soup and findings), tuning.csv."""
         summary = write_report(
             self.root / "final",
             columns=self.plan["columns"],
@@ -251,9 +267,50 @@ class Driver:
             parts.append(self.plateau_markdown())
         if self.plan.get("soup") in self.plan["strategies"]:
             parts.append(self.soup_markdown())
+            # Committed with the report: the soup's numbers the README quotes.
+            soup = self.root / "tune" / self.plan["soup"] / "soup_greedy.json"
+            shutil.copy(soup, self.out / "soup_greedy.json")
+        found = self.findings(summary)
+        if found:
+            parts += ["## Findings", "", *(f.markdown() for f in found)]
+            verdicts = [f.to_dict() for f in found]
+            (self.out / "findings.json").write_text(json.dumps(verdicts, indent=2) + "\n")
         (self.out / "report.md").write_text("\n".join(parts) + sep + tail)
         self.tuning_table().to_csv(self.out / "tuning.csv", index=False)
-        del summary
+        return summary
+
+    def findings(self, summary: pd.DataFrame) -> list[findings.Finding]:
+        """The published findings this plan's strategies can check."""
+        task = self.plan.get("task", self.plan["name"])
+        names, found = self.plan["strategies"], []
+        if "full" in names and "lp_ft" in names:
+            found.append(findings.lp_ft(summary, task))
+        if "full" in names and self.plan.get("wise_ft"):
+            curves = wise_ft_curves(self.root / "final", [k for k in ("strategy",) if k in summary])
+            found.append(findings.wise_ft(curves, summary, task))
+        if self.plan.get("soup") in names:
+            soup = json.loads(
+                (self.root / "tune" / self.plan["soup"] / "soup_greedy.json").read_text()
+            )
+            found.append(findings.soups(soup, task))
+        return found
+
+    def plan_summary(self) -> pd.DataFrame:
+        """test/acc mean and std per plan strategy (its final jobs, named <strategy>_<n>)."""
+        jobs = load_sweep(self.root / "final")
+        jobs = jobs[jobs["status"] == "completed"]
+        rows = []
+        for name in self.plan["strategies"]:
+            mine = jobs[jobs["job"].str.rsplit("_", n=1).str[0] == name]["test/acc"]
+            rows.append(
+                {
+                    "plan_strategy": name,
+                    "jobs": len(mine),
+                    "test/acc_mean": mine.mean(),
+                    "test/acc_std": mine.std(),
+                }
+            )
+        return pd.DataFrame(rows)
 
     def tuning_table(self) -> pd.DataFrame:
         rows = []
@@ -314,16 +371,15 @@ class Driver:
         seed = str(self.plan["tune_seeds"][0])
         tuned = tuned[tuned["seed"].astype(str) == seed]
         at, at2 = float(tuned[METRIC].iloc[0]), float(longer[METRIC].iloc[0])
-        verdict = "plateaued" if at2 - at < 0.005 else "had NOT plateaued"
+        verdict = "plateaued" if at2 - at < PLATEAU_GAIN else "had not plateaued"
         return "\n".join(
             [
                 "## Budget check: does the chosen full fine-tuning plateau?",
                 "",
                 f"The chosen setting of `{name}` rerun at seed {seed} with twice the epochs "
                 f"({2 * epochs} instead of {epochs}, the cosine schedule stretched with it): "
-                f"val/acc {at:.4f} → {at2:.4f} ({100 * (at2 - at):+.2f} points). Rule: a gain "
-                f"under 0.5 points means the budget {verdict.split()[0]} reached its plateau: "
-                f"**{verdict}**.",
+                f"val/acc {at:.4f} → {at2:.4f} ({100 * (at2 - at):+.2f} points). A gain under "
+                f"{100 * PLATEAU_GAIN:g} points counts as a plateau: **{verdict}**.",
                 "",
             ]
         )
@@ -362,6 +418,59 @@ def _grid_text(values: Any) -> str:
     return ", ".join(_text(v) for v in values)
 
 
+def run_two_stage(plan: dict[str, Any], root: Path, out: Path, jobs: int, command: str) -> None:
+    """Stage one (``source``) once, then every target as its own tuned comparison, each
+    starting from stage one's best checkpoint; one report per target and the finding."""
+    multirun(plan["source"], root / "source")
+    source = root / "source" / "0"
+    ckpt = (
+        source
+        / "checkpoints"
+        / Path(json.loads((source / "metrics.json").read_text())["best_checkpoint"]).name
+    )
+    summaries, costs = {}, []
+    for target, overrides in plan["targets"].items():
+        driver = Driver(
+            plan, root / target, out / target, jobs, [f"model.init_from={ckpt}", *overrides]
+        )
+        driver.run()
+        driver.report(command)
+        summaries[target] = driver.plan_summary()
+        costs.append(driver.tuning_table().assign(target=target))
+    finding = findings.surgical(summaries)
+    table = pd.concat([s.assign(target=t) for t, s in summaries.items()], ignore_index=True)
+    table.to_csv(out / "surgical.csv", index=False)  # the finding's table, as numbers
+    stage_two = (
+        f"experiment={plan['experiment']}"
+        if plan.get("experiment")
+        else " ".join(plan.get("overrides", []))
+    )
+    cost = pd.concat(costs, ignore_index=True)
+    cost.to_csv(out / "tuning.csv", index=False)
+    source_metrics = json.loads((source / "metrics.json").read_text())
+    record = provenance(root, command)
+    total = cost[["tune_jobs", "tune_cpu_h", "final_jobs", "final_cpu_h"]].sum()
+    text = [
+        f"# {finding.claim}",
+        "",
+        f"Stage one: `{' '.join(plan['source'])}`: MNIST test accuracy "
+        f"{source_metrics['test']['acc']:.4f} ({source_metrics['wall_time_s']:.0f} s).",
+        f"Stage two: `{stage_two}` from its checkpoint; per target and "
+        f"strategy, the lr grid at seed {plan['tune_seeds'][0]}, the best by val at seeds "
+        f"{', '.join(map(str, plan['final_seeds']))}. Each target's full report: "
+        + ", ".join(f"[{t}]({t}/report.md)" for t in plan["targets"])
+        + ".",
+        "",
+        finding.markdown(),
+        f"Cost: {int(total['tune_jobs'])} tuning jobs ({total['tune_cpu_h']:.2f} CPU h), "
+        f"{int(total['final_jobs'])} final jobs ({total['final_cpu_h']:.2f} CPU h); "
+        "per target and strategy in tuning.csv.",
+    ]
+    (out / "report.md").write_text("\n".join(text) + "\n" + provenance_markdown(record))
+    (out / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (out / "findings.json").write_text(json.dumps([finding.to_dict()], indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plan", help="a plan of benchmarks/plans: mnist, bbc, surgical, ...")
@@ -371,13 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = read_plan(args.plan)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    root = Path(args.root or ROOT / "outputs" / "results" / f"{args.plan}-{stamp}").resolve()
-    out = Path(args.out or RESULTS / args.plan)
+    root = Path(args.root or ROOT / "outputs" / "results" / f"{plan['name']}-{stamp}").resolve()
+    out = Path(args.out or RESULTS / plan["name"])
     command = shlex.join(["python", "benchmarks/results.py", *(argv or sys.argv[1:])])
-    driver = Driver(plan, root, out, args.jobs)
     started = time.time()
-    driver.run()
-    driver.report(command)
+    out.mkdir(parents=True, exist_ok=True)
+    if "source" in plan:
+        run_two_stage(plan, root, out, args.jobs, command)
+    else:
+        driver = Driver(plan, root, out, args.jobs)
+        driver.run()
+        driver.report(command)
     print(f"{args.plan}: {root} in {(time.time() - started) / 60:.1f} min; report in {out}")
     return 0
 

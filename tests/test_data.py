@@ -18,6 +18,7 @@ from ftlab.data import (
     FashionMNISTDataModule,
     ImageFolderDataModule,
     MNISTDataModule,
+    MNISTTargetDataModule,
     TextCSVDataModule,
 )
 from ftlab.data.base import EpochShuffle
@@ -195,6 +196,41 @@ def test_image_fingerprint_tracks_data_and_transform():
         MNISTDataModule(SPEC),
     ]
     assert len({base, *(dm.fingerprint() for dm in changed)}) == len(changed) + 1
+
+
+def test_mnist_target_shifts_every_split_and_permutes_labels(mnist):
+    target = ready(MNISTTargetDataModule(SPEC, batch_size=64, shift="gaussian_noise:3"))
+    permuted = ready(MNISTTargetDataModule(SPEC, batch_size=64, permute_labels=True))
+    for split in ("train", "val", "test"):
+        # The same digits as data=mnist, in the same order.
+        assert np.array_equal(target.split_indices[split], mnist.split_indices[split])
+        clean, _ = next(iter(getattr(mnist, f"{split}_dataloader")()))
+        noisy, labels = next(iter(getattr(target, f"{split}_dataloader")()))
+        _, clean_labels = next(iter(getattr(mnist, f"{split}_dataloader")()))
+        assert torch.equal(labels, clean_labels)
+        # ImageNet-C's sigma at severity 3 is 0.18, less where clipping to [0, 1] bites.
+        noise = (unnormalize(noisy) - unnormalize(clean)).std().item()
+        assert 0.08 < noise < 0.2
+        _, moved = next(iter(getattr(permuted, f"{split}_dataloader")()))
+        assert torch.equal(moved, (clean_labels + 1) % 10)  # no digit keeps its label
+    # Each split draws its own noise: the first train and test images' noise differ.
+    first_train = target._ready().train[0][0] - mnist._ready().train[0][0]
+    first_test = target._ready().test[0][0] - mnist._ready().test[0][0]
+    assert not torch.allclose(first_train, first_test)
+    prints = {dm.fingerprint() for dm in (mnist, target, permuted)}
+    assert len(prints) == 3  # a cache never mixes a target's features with MNIST's
+
+
+@pytest.mark.parametrize(
+    ("shift", "match"),
+    [
+        ("fog:3", r"data\.shift=fog:3: unknown shift 'fog': use one of rotation, gaussian_noise"),
+        ("rotation:9", r"data\.shift=rotation:9: the severity must be an integer from 1 to 5"),
+    ],
+)
+def test_mnist_target_bad_shift_is_named(shift, match):
+    with pytest.raises(FtlabError, match=match):
+        MNISTTargetDataModule(SPEC, shift=shift)
 
 
 @pytest.mark.parametrize(
