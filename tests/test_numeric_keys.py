@@ -62,6 +62,7 @@ TEXT_KEYS = {
     "logger.*.offline": "true, false or null",
     "paths.*": "folders",
     "hydra.job.name": "a log file's name",
+    "data.shift": "an image shift, name:severity (data=mnist_target)",
     "hydra.sweep.subdir": "a folder name",
     "hydra.sweeper.study_name": "a study name",
     "hydra.sweeper.storage": "a database URL",

@@ -267,6 +267,9 @@ NUMBERS: tuple[Rule, ...] = (
     _r("freeze.every_n_steps", Count(1, note="optimizer steps"), example=50, null=True),
     _r("freeze.r", Count(1), example=8),
     _r("freeze.alpha", POSITIVE, example=16),
+    # peft's own LoraConfig keys under freeze=peft (conf/strategy/dora.yaml sets them)
+    _r("freeze.peft.r", Count(1), example=8),
+    _r("freeze.peft.lora_alpha", POSITIVE, example=16),
     _r("freeze.dropout", DROPOUT, example=0.1),
     _r("freeze.lora.r", Count(1), example=8),
     _r("freeze.lora.alpha", POSITIVE, example=16),
