@@ -247,3 +247,55 @@ def test_schedules_run_on_every_family(make_cfg, tmp_path, freeze, family):
     starts = [e for e, row in enumerate(run.training) if not e or row != run.training[e - 1]]
     assert [phase["start_epoch"] for phase in metrics["phases"]] == starts
     assert metrics["trainable_params"] == run.numel[-1]
+
+
+class BNModes(L.Callback):
+    """Records, at every training batch, which BatchNorm layers normalize with batch statistics,
+    and the running means before and after the fit."""
+
+    runs: ClassVar[list[BNModes]] = []
+
+    def __init__(self) -> None:
+        self.training_bn: set[str] = set()
+        self.start: dict[str, torch.Tensor] = {}
+        self.moved: set[str] = set()
+        self.affine_moved: set[str] = set()
+        BNModes.runs.append(self)
+
+    def _bns(self, pl_module):
+        return [(n, m) for n, m in pl_module.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    def on_train_start(self, trainer, pl_module):
+        for name, mod in self._bns(pl_module):
+            self.start[name] = mod.running_mean.clone()
+            self.start[f"{name}.weight"] = mod.weight.detach().clone()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.training_bn |= {name for name, mod in self._bns(pl_module) if mod.training}
+
+    def on_train_end(self, trainer, pl_module):
+        for name, mod in self._bns(pl_module):
+            if not torch.equal(mod.running_mean, self.start[name]):
+                self.moved.add(name)
+            if not torch.equal(mod.weight.detach(), self.start[f"{name}.weight"]):
+                self.affine_moved.add(name)
+
+
+@pytest.mark.parametrize("bn", ["frozen", "eval"])
+def test_bn_eval_keeps_pretrained_statistics_while_every_weight_trains(make_cfg, bn):
+    BNModes.runs.clear()
+    cfg = make_cfg(
+        *FAST,
+        "freeze=none",
+        f"freeze.bn={bn}",
+        "+callbacks.bn_modes._target_=test_finetuning.BNModes",
+    )
+    train(cfg)
+    probe = BNModes.runs[0]
+    assert len(probe.start) > 0
+    bns = {k for k in probe.start if not k.endswith(".weight")}
+    assert probe.affine_moved == bns  # every BN layer's affine parameters trained, either way
+    if bn == "eval":  # normalized with the running stats: they never move
+        assert probe.training_bn == set() and probe.moved == set()
+    else:  # a trainable BN layer normalizes with batch stats and updates its running stats
+        assert probe.training_bn == bns and probe.moved == bns

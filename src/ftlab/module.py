@@ -228,7 +228,7 @@ class FinetuneModule(L.LightningModule):
         # Every switch to training mode leaves frozen BatchNorm layers in eval mode, and a wholly
         # frozen backbone too (dropout off): a fixed feature extractor, equal to cached features.
         super().train(mode)
-        set_bn_modes(self)
+        set_bn_modes(self, all_eval=self.plan is not None and self.plan.bn == "eval")
         if mode and not self.backbone_trains():
             self.backbone.eval()
         return self

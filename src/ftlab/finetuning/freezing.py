@@ -37,17 +37,22 @@ def bn_params(module: nn.Module) -> set[str]:
     }
 
 
-def set_bn_modes(module: nn.Module) -> None:
+def set_bn_modes(module: nn.Module, all_eval: bool = False) -> None:
     """Frozen BatchNorm layers run in eval mode, so their running statistics stay pretrained.
 
-    A BN layer counts as frozen when none of its affine parameters trains. Call this after
+    A BN layer counts as frozen when none of its affine parameters trains. ``all_eval`` (``bn:
+    eval``) puts every BN layer in eval mode, trainable ones too: they normalize with the
+    pretrained running statistics (detectron's FrozenBatchNorm, with trainable affine
+    parameters), so unfreezing a group does not switch its features to batch statistics under
+    a head that was fitted on the pretrained ones (LP-FT's fine-tuning stage). Call this after
     ``module.train()``; in eval mode every layer is already in eval.
     """
     if not module.training:
         return
     for mod in module.modules():
         if isinstance(mod, _BatchNorm) and mod.affine:
-            mod.train(any(p.requires_grad for p in mod.parameters(recurse=False)))
+            trains = any(p.requires_grad for p in mod.parameters(recurse=False))
+            mod.train(trains and not all_eval)
 
 
 def param_groups(plan: Plan, named: dict[str, nn.Parameter]) -> list[dict]:

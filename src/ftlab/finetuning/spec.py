@@ -18,7 +18,7 @@ from typing import Any
 from ftlab.errors import FtlabError
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
-BN_MODES = ("frozen", "train")
+BN_MODES = ("frozen", "train", "eval")
 # auto: L-BFGS whenever phase 0 trains the head alone on cached features; none: the optimizer.
 HEAD_SOLVERS = ("auto", "lbfgs", "none")
 
