@@ -330,6 +330,23 @@ def test_effective_robustness_numbers(strategies: Path) -> None:
     assert result.soups == [] and result.note == ""
 
 
+def test_a_tuned_comparison_labels_each_point_by_its_strategy(tmp_path: Path) -> None:
+    """Each strategy at its own chosen lr: the legend names the strategy, not every key; when
+    a strategy has two settings, the lr is needed to tell them apart and stays."""
+    sweep = tmp_path / "tuned"
+    chosen = {"linear_probe": "0.01", "full": "0.001", "lp_ft": "0.003"}
+    for num, (strategy, lr) in enumerate(chosen.items()):
+        job = make_job(sweep, num, [f"strategy={strategy}", f"optimizer.lr={lr}", "seed=1"])
+        metrics = {"status": "completed", "val": {"acc": 0.9}, "test": {"acc": 0.9}}
+        (job / "metrics.json").write_text(json.dumps(metrics | {"ood": {"noise": {"acc": 0.5}}}))
+    result = effective_robustness(summarize(load_sweep(sweep)), sweep)
+    assert sorted(result.points["label"]) == ["full", "linear_probe", "lp_ft"]
+    job = make_job(sweep, 3, ["strategy=full", "optimizer.lr=0.1", "seed=1"])
+    (job / "metrics.json").write_text(json.dumps(metrics | {"ood": {"noise": {"acc": 0.5}}}))
+    result = effective_robustness(summarize(load_sweep(sweep)), sweep)
+    assert "full · optimizer.lr=0.1" in set(result.points["label"])
+
+
 def test_effective_robustness_plot_draws_points_curve_soup_and_diagonal(
     strategies: Path,
 ) -> None:

@@ -83,6 +83,16 @@ def setting_label(row: dict[str, Any] | pd.Series, settings: list[str]) -> str:
     return " · ".join(parts) or "the only setting"
 
 
+def legend_keys(summary: pd.DataFrame, settings: list[str]) -> list[str]:
+    """The setting columns a legend names: the strategy alone (and WiSE-FT's derived row) when
+    that tells every setting apart, as in a tuned comparison where each strategy brings its
+    own chosen lr and knobs (the report's table lists them); else every setting column."""
+    short = [k for k in ("strategy", "wise_ft") if k in settings]
+    if "strategy" in short and not summary.duplicated(subset=short).any():
+        return short
+    return settings
+
+
 def effective_robustness(summary: pd.DataFrame, sweep_dir: str | Path) -> Robustness | None:
     """The plot's numbers from :func:`~ftlab.sweeps.report.summarize`'s table, each job's
     ``metrics.json`` ``wise_ft.rows`` and the sweep's soup files; None when the sweep has
@@ -98,7 +108,7 @@ def effective_robustness(summary: pd.DataFrame, sweep_dir: str | Path) -> Robust
     ]
     if id_metric is None or not ood_sets:
         return None
-    settings = summary.attrs["settings"]
+    settings = legend_keys(summary, summary.attrs["settings"])
     points = [
         {
             "label": setting_label(row, settings),
