@@ -115,17 +115,23 @@ def lp_ft(summary: pd.DataFrame, task: str) -> Finding:
     return Finding("lp_ft", claim, rule, "held" if held else "did not hold", lines)
 
 
-def wise_ft(curves: pd.DataFrame, summary: pd.DataFrame, task: str) -> Finding:
-    """``curves``: :func:`ftlab.sweeps.report.wise_ft_curves` of the final sweep."""
-    claim = f"WiSE-FT: an intermediate α beats both ends OOD without losing ID ({task})"
+def wise_ft(
+    curves: pd.DataFrame, summary: pd.DataFrame, task: str, strategy: str = "full"
+) -> Finding:
+    """``curves``: :func:`ftlab.sweeps.report.wise_ft_curves` of the final sweep; the curve of
+    ``strategy`` is judged (θ₀ is the pretrained backbone, the head the fine-tuned one)."""
+    claim = (
+        f"WiSE-FT of {strategy}: an intermediate α beats both ends OOD without losing ID ({task})"
+    )
     rule = (
         "per OOD set, the intermediate α (0 < α < 1) with the best OOD accuracy must beat both "
         f"α = 0 and α = 1 there, with test accuracy at most {ID_TOLERANCE:.0%} below α = 1's; "
         "held if so on every set."
     )
+    if "strategy" in curves:
+        curves = curves[curves["strategy"] == strategy]
     if curves.empty:
         return Finding("wise_ft", claim, rule, "not run")
-    curves = curves[curves["strategy"] == "full"] if "strategy" in curves else curves
     by_alpha = curves.set_index("alpha")
     ends = by_alpha.loc[[0.0, 1.0]]
     middle = by_alpha[(by_alpha.index > 0) & (by_alpha.index < 1)]
@@ -148,11 +154,11 @@ def wise_ft(curves: pd.DataFrame, summary: pd.DataFrame, task: str) -> Finding:
             f"| {name} | {ends.loc[0.0, column]:.4f} | {ends.loc[1.0, column]:.4f} | {alpha:g} "
             f"| {ood:.4f} | {test:.4f} | {test1:.4f} | {'yes' if ok else 'no'} |"
         )
-    best = row(summary, "full", "best α")
+    best = row(summary, strategy, "best α")
     if best is not None:
         lines += [
             "",
-            "The α chosen by val (report row `full · best α`): test "
+            f"The α chosen by val (report row `{strategy} · best α`): test "
             f"{fmt(*mean_std(best, 'test/acc'))}.",
         ]
     verdict = (
@@ -163,9 +169,9 @@ def wise_ft(curves: pd.DataFrame, summary: pd.DataFrame, task: str) -> Finding:
     return Finding("wise_ft", claim, rule, verdict, lines)
 
 
-def soups(soup: dict[str, Any], task: str) -> Finding:
-    """``soup``: ftlab-soup's ``soup_greedy.json`` of the full fine-tuning tuning sweep."""
-    claim = f"Greedy soup vs the best single model of the same sweep ({task})"
+def soups(soup: dict[str, Any], task: str, strategy: str = "full") -> Finding:
+    """``soup``: ftlab-soup's ``soup_greedy.json`` of ``strategy``'s tuning sweep."""
+    claim = f"Greedy soup of {strategy}'s tuning sweep vs its best single model ({task})"
     rule = "held if the soup's test and every OOD accuracy are at least the best single job's."
     best, mixed = soup["best_job"], soup["soup"]
     names = [k for k in mixed if k not in ("val",)]

@@ -57,6 +57,7 @@ RESULTS = HERE / "results"
 DONE = "DONE"
 THREADS = 1  # per job: 2 one-thread jobs beat one two-thread job on 2 cores (small models)
 METRIC = "val/acc"
+WISE_FT_ALPHAS = "[0,0.25,0.5,0.75,1]"  # conf/strategy/full.yaml's
 PLATEAU_GAIN = 0.005  # val/acc gained by doubling the epochs below which the budget sufficed
 
 
@@ -157,14 +158,14 @@ class Driver:
     """Runs one plan into ``root`` and writes its report into ``out``."""
 
     def __init__(
-        self, plan: dict[str, Any], root: Path, out: Path, jobs: int, extra: list[str] = ()
+        self, plan: dict[str, Any], root: Path, out: Path, jobs: int, shared: list[str] = ()
     ) -> None:
         self.plan, self.root, self.out, self.jobs = plan, root, out, jobs
         self.base = [
             *([f"experiment={plan['experiment']}"] if plan.get("experiment") else []),
             f"trainer.max_epochs={plan['epochs']}",
             *plan.get("overrides", []),
-            *extra,
+            *shared,  # a two-stage plan's: the source checkpoint and the target's data
         ]
         self.chosen: dict[str, dict[str, str]] = {}
         self.tune_val: dict[str, float] = {}
@@ -203,6 +204,12 @@ class Driver:
             *self.strategy_overrides(name),
             *self.extra.get(name, []),
             *chosen,
+            # WiSE-FT for strategies whose recipe does not turn it on (strategy=full does)
+            *(
+                [f"wise_ft.alphas={WISE_FT_ALPHAS}"]
+                if name in self.plan.get("wise_ft_also", [])
+                else []
+            ),
             self.seeds("final_seeds"),
         ]
         multirun(overrides, self.root / "final", subdir=f"{name}_${{hydra.job.num}}", tag=name)
@@ -218,8 +225,7 @@ class Driver:
             extras = []
             if self.plan.get("plateau") in names:
                 extras.append(pool.submit(self.plateau))
-            if self.plan.get("soup") in names:
-                extras.append(pool.submit(self.soup))
+            extras += [pool.submit(self.soup, name) for name in self.soup_names()]
             for future in extras:
                 future.result()
 
@@ -240,14 +246,23 @@ class Driver:
         ]
         multirun(overrides, self.root / "plateau")
 
-    def soup(self) -> None:
-        tune_dir = self.root / "tune" / self.plan["soup"]
+    def soup_names(self) -> list[str]:
+        """The strategies whose tuning sweep gets a greedy soup (plan key ``soup``: a name or
+        a list)."""
+        soup = self.plan.get("soup") or []
+        return [
+            n for n in ([soup] if isinstance(soup, str) else soup) if n in self.plan["strategies"]
+        ]
+
+    def soup(self, name: str) -> None:
+        """ftlab-soup's greedy soup of ``name``'s tuning sweep, copied into final/ (as the
+        effective-robustness plot's own point) and the report folder."""
+        tune_dir = self.root / "tune" / name
         if not (tune_dir / "soup_greedy.json").exists():
             command = [str(Path(sys.executable).parent / "ftlab-soup"), str(tune_dir)]
             env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
             subprocess.run([*command, "--recipe", "greedy"], check=True, env=env, cwd=ROOT)
-        # In final/ the soup is the effective-robustness plot's own point.
-        shutil.copy(tune_dir / "soup_greedy.json", self.root / "final" / "soup_greedy.json")
+        shutil.copy(tune_dir / "soup_greedy.json", self.root / "final" / f"soup_greedy_{name}.json")
 
     # -- the report -------------------------------------------------------------------------------
 
@@ -265,11 +280,11 @@ class Driver:
         parts = [head.rstrip() + "\n", self.tuning_markdown()]
         if self.plan.get("plateau") in self.plan["strategies"]:
             parts.append(self.plateau_markdown())
-        if self.plan.get("soup") in self.plan["strategies"]:
-            parts.append(self.soup_markdown())
+        for name in self.soup_names():
+            parts.append(self.soup_markdown(name))
             # Committed with the report: the soup's numbers the README quotes.
-            soup = self.root / "tune" / self.plan["soup"] / "soup_greedy.json"
-            shutil.copy(soup, self.out / "soup_greedy.json")
+            soup = self.root / "tune" / name / "soup_greedy.json"
+            shutil.copy(soup, self.out / f"soup_greedy_{name}.json")
         found = self.findings(summary)
         if found:
             parts += ["## Findings", "", *(f.markdown() for f in found)]
@@ -285,14 +300,14 @@ class Driver:
         names, found = self.plan["strategies"], []
         if "full" in names and "lp_ft" in names:
             found.append(findings.lp_ft(summary, task))
-        if "full" in names and self.plan.get("wise_ft"):
+        if self.plan.get("wise_ft"):
             curves = wise_ft_curves(self.root / "final", [k for k in ("strategy",) if k in summary])
-            found.append(findings.wise_ft(curves, summary, task))
-        if self.plan.get("soup") in names:
-            soup = json.loads(
-                (self.root / "tune" / self.plan["soup"] / "soup_greedy.json").read_text()
-            )
-            found.append(findings.soups(soup, task))
+            for name in ("full", *self.plan.get("wise_ft_also", [])):
+                if name in names:
+                    found.append(findings.wise_ft(curves, summary, task, name))
+        for name in self.soup_names():
+            soup = json.loads((self.root / "tune" / name / "soup_greedy.json").read_text())
+            found.append(findings.soups(soup, task, name))
         return found
 
     def plan_summary(self) -> pd.DataFrame:
@@ -384,10 +399,9 @@ class Driver:
             ]
         )
 
-    def soup_markdown(self) -> str:
+    def soup_markdown(self, name: str) -> str:
         """The greedy soup beside the best single job of the same sweep (ftlab-soup's own
         scores of both, on the same splits and OOD sets)."""
-        name = self.plan["soup"]
         soup = json.loads((self.root / "tune" / name / "soup_greedy.json").read_text())
         best = soup["best_job"]
         sets = [k for k in soup["soup"] if k not in ("job", "val", "test")]

@@ -93,7 +93,7 @@ def test_each_strategy_is_tuned_on_val_then_rerun_at_fresh_seeds(tmp_path: Path)
     assert set(verdicts) == {"lp_ft", "wise_ft", "soups"}
     assert all(v != "not run" for v in verdicts.values())
     assert (report / "effective_robustness.png").stat().st_size > 10_000
-    assert (runs / "final" / "soup_greedy.json").exists()  # the plot's soup point
+    assert (runs / "final" / "soup_greedy_full.json").exists()  # the plot's soup point
 
     # Rerun into the same folder: every step is done, so no job runs again.
     stamps = {p: p.stat().st_mtime for p in runs.rglob("metrics.json")}
