@@ -292,7 +292,19 @@ class Driver:
             (self.out / "findings.json").write_text(json.dumps(verdicts, indent=2) + "\n")
         (self.out / "report.md").write_text("\n".join(parts) + sep + tail)
         self.tuning_table().to_csv(self.out / "tuning.csv", index=False)
+        self.tuning_jobs().to_csv(self.out / "tune_jobs.csv", index=False)
         return summary
+
+    def tuning_jobs(self) -> pd.DataFrame:
+        """Every tuning job: its strategy, job number, overrides and metrics (the settings the
+        choice was made from)."""
+        frames = [
+            load_sweep(self.root / "tune" / name).assign(strategy=name)
+            for name in self.plan["strategies"]
+        ]
+        jobs = pd.concat(frames, ignore_index=True)
+        first = ["strategy", "job", "status", "seed", "val/acc", "test/acc"]
+        return jobs[[c for c in first if c in jobs] + [c for c in jobs if c not in first]]
 
     def findings(self, summary: pd.DataFrame) -> list[findings.Finding]:
         """The published findings this plan's strategies can check."""
