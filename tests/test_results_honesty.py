@@ -31,6 +31,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 # How the text before a table names its source, in order of precedence.
 SOURCE_PATTERNS = [
     (re.compile(r"--out (benchmarks/results/[\w.-]+)"), None),  # an ftlab-report folder
+    (re.compile(r"[Rr]eport: `(benchmarks/results/[\w.-]+)/`"), None),  # benchmarks/results.py
     (re.compile(r"bench_distill\.py --mnist-report"), "benchmarks/results/distill_mnist.json"),
     (re.compile(r"`(benchmarks/results/[\w.-]+\.json)`"), None),
 ]
@@ -42,18 +43,27 @@ UNSOURCED = {
     ),
 }
 
-# The strategy tables: a README row is a setting of the sweep (strategy, wise_ft), a README
-# column a metric of report.csv.
+# The strategy tables: a README row is a setting of the final sweep (strategy, wise_ft; ("soup",
+# s) is soup_greedy_<s>.json), a README column a metric of report.csv or ("tuning", ...) of
+# tuning.csv.
 STRATEGY_ROWS = {
-    "scratch (random init, full training)": ("scratch", ""),
+    "scratch (random init)": ("scratch", ""),
     "linear probe, random-init backbone": ("random_linear_probe", ""),
-    "linear probe (L-BFGS, cached features)": ("linear_probe", ""),
+    "linear probe (L-BFGS)": ("linear_probe", ""),
     "full fine-tuning": ("full", ""),
     "gradual unfreezing": ("gradual", ""),
-    "layer-wise lr decay 0.8": ("layer_decay", ""),
+    "layer-wise lr decay": ("layer_decay", ""),
     "LP-FT": ("lp_ft", ""),
-    "LoRA r=8": ("lora", ""),
-    "WiSE-FT of full, best α by val": ("full", "best α"),
+    "LoRA": ("lora", ""),
+    "DoRA": ("dora", ""),
+    "IA³": ("ia3", ""),
+    "BitFit": ("bitfit", ""),
+    "EMA of full fine-tuning": ("ema", ""),
+    "WiSE-FT of full, α by val": ("full", "best α"),
+    "WiSE-FT of LP-FT, α by val": ("lp_ft", "best α"),
+    "greedy soup of full's sweep": ("soup", "full"),
+    "greedy soup of LP-FT's sweep": ("soup", "lp_ft"),
+    "self-distillation (teacher: best full job)": ("distill", ""),
 }
 STRATEGY_COLUMNS = {
     "test acc": "test/acc",
@@ -62,8 +72,22 @@ STRATEGY_COLUMNS = {
     "sklearn digits": "ood/digits/acc",
     "typos": "ood/typos_3/acc",
     "truncation": "ood/truncation_5/acc",
-    "wall time (s)": "wall_time_s",
     "trainable": "trainable_params",
+    "tuning jobs": ("tuning", "tune_jobs"),
+    "tuning CPU h": ("tuning", "tune_cpu_h"),
+}
+SURGICAL_COLUMNS = {
+    "first block": "first_block",
+    "middle block": "middle_block",
+    "last block": "last_block",
+    "head": "head",
+    "full": "full",
+    "Auto-RGN": "auto_rgn",
+}
+SURGICAL_ROWS = {
+    "Gaussian noise (input)": "gaussian_noise",
+    "rotation (input)": "rotation",
+    "permuted labels (output)": "permuted_labels",
 }
 DISTILL_ROWS = {
     "teacher: EfficientNet-Lite0, 2,000 digits (seed 0)": (
@@ -90,8 +114,8 @@ PEFT_ROWS = {  # README method -> peft.json methods (LoRA is measured both ways 
     "prompt / prefix tuning": [],  # its cells say "refused" (TEXT_CELLS): nothing measured
 }
 PEFT_COLUMNS = {"ViT-S/16": "vit_small_patch16_224", "MiniLM": "all-MiniLM-L6-v2"}
-TEXT_COLUMNS = {"config line", "adapter written"}  # words, not numbers
-TEXT_CELLS = {"refused"}  # a number's place held by a word the report cannot back
+TEXT_COLUMNS = {"config line", "adapter written", "chosen on val"}  # words, not numbers
+TEXT_CELLS = {"refused", "—"}  # a number's place held by a word or a dash: nothing to back
 
 # Sentences that quote reports: a regex over the README (whitespace collapsed) whose groups
 # are numbers, and where each number comes from: (report folder, table, row, column).
@@ -99,38 +123,61 @@ TEXT_CELLS = {"refused"}  # a number's place held by a word the report cannot ba
 # report.md's "WiSE-FT by α" table (row: (strategy, α)).
 CLAIMS = [
     (
-        r"At lr 1e-3 it reaches (\S+ ± \S+) test accuracy \(typos (\S+), truncation (\S+);",
+        r"on noise \((\S+) vs (\S+)\) and digits \((\S+) vs (\S+)\), tied on rotation \((\S+) vs "
+        r"(\S+), within seed noise\), but lost 2\.4 points in distribution \((\S+) vs (\S+),",
         [
-            ("strategies_bbc_lora_lr1e-3", "csv", None, "test/acc"),
-            ("strategies_bbc_lora_lr1e-3", "csv", None, "ood/typos_3/acc"),
-            ("strategies_bbc_lora_lr1e-3", "csv", None, "ood/truncation_5/acc"),
+            ("mnist", "csv", "lp_ft", "ood/gaussian_noise_3/acc"),
+            ("mnist", "csv", "full", "ood/gaussian_noise_3/acc"),
+            ("mnist", "csv", "lp_ft", "ood/digits/acc"),
+            ("mnist", "csv", "full", "ood/digits/acc"),
+            ("mnist", "csv", "lp_ft", "ood/rotation_3/acc"),
+            ("mnist", "csv", "full", "ood/rotation_3/acc"),
+            ("mnist", "csv", "lp_ft", "test/acc"),
+            ("mnist", "csv", "full", "test/acc"),
         ],
     ),
     (
-        r"α = 0\.5 beats both ends on MNIST noise \((\S+) vs (\S+) at α=0 and (\S+) at α=1\)",
+        r"val picked `frozen` at (\S+) over `eval` at (\S+)\)\. At the tuning seed, full "
+        r"fine-tuning with `freeze\.bn=eval` at the same lr scored (\S+) test and (\S+) under "
+        r"noise",
         [
-            ("strategies_mnist", "alpha", ("full", "0.5"), "ood_gaussian_noise_3_acc"),
-            ("strategies_mnist", "alpha", ("full", "0"), "ood_gaussian_noise_3_acc"),
-            ("strategies_mnist", "alpha", ("full", "1"), "ood_gaussian_noise_3_acc"),
+            ("mnist", "tune_jobs", ("full", 2), "val/acc"),
+            ("mnist", "tune_jobs", ("full", 3), "val/acc"),
+            ("mnist", "tune_jobs", ("full", 3), "test/acc"),
+            ("mnist", "tune_jobs", ("full", 3), "ood/gaussian_noise_3/acc"),
         ],
     ),
     (
-        r"α = 0\.75 on MNIST digits \((\S+) vs (\S+)/(\S+)\) "
-        r"and BBC typos \((\S+) vs (\S+)/(\S+)\)",
+        r"near chance \((\S+) test\).*?α = 0\.5 does beat both ends under noise \((\S+) vs (\S+) "
+        r"and (\S+)\) but at (\S+) test accuracy\.",
         [
-            ("strategies_mnist", "alpha", ("full", "0.75"), "ood_digits_acc"),
-            ("strategies_mnist", "alpha", ("full", "0"), "ood_digits_acc"),
-            ("strategies_mnist", "alpha", ("full", "1"), "ood_digits_acc"),
-            ("strategies_bbc", "alpha", ("full", "0.75"), "ood_typos_3_acc"),
-            ("strategies_bbc", "alpha", ("full", "0"), "ood_typos_3_acc"),
-            ("strategies_bbc", "alpha", ("full", "1"), "ood_typos_3_acc"),
+            ("mnist", "alpha", ("full", "0"), "test_acc"),
+            ("mnist", "alpha", ("full", "0.5"), "ood_gaussian_noise_3_acc"),
+            ("mnist", "alpha", ("full", "0"), "ood_gaussian_noise_3_acc"),
+            ("mnist", "alpha", ("full", "1"), "ood_gaussian_noise_3_acc"),
+            ("mnist", "alpha", ("full", "0.5"), "test_acc"),
         ],
     ),
     (
-        r"α = 0 is poor here \((\S+) and (\S+) test accuracy\)",
+        r"α = 0\.75 beats both ends on digits \((\S+) vs (\S+)/(\S+)\) but costs 2\.8 points of "
+        r"test accuracy \((\S+) vs (\S+)\)",
         [
-            ("strategies_mnist", "alpha", ("full", "0"), "test_acc"),
-            ("strategies_bbc", "alpha", ("full", "0"), "test_acc"),
+            ("mnist", "alpha", ("lp_ft", "0.75"), "ood_digits_acc"),
+            ("mnist", "alpha", ("lp_ft", "0"), "ood_digits_acc"),
+            ("mnist", "alpha", ("lp_ft", "1"), "ood_digits_acc"),
+            ("mnist", "alpha", ("lp_ft", "0.75"), "test_acc"),
+            ("mnist", "alpha", ("lp_ft", "1"), "test_acc"),
+        ],
+    ),
+    (
+        r"\(full: test (\S+), noise (\S+); LP-FT: (\S+), (\S+)\)\. Adding full fine-tuning's "
+        r"second-best job took val from (\S+) to",
+        [
+            ("mnist", "soup", ("full", "soup"), "test"),
+            ("mnist", "soup", ("full", "soup"), "gaussian_noise_3"),
+            ("mnist", "soup", ("lp_ft", "soup"), "test"),
+            ("mnist", "soup", ("lp_ft", "soup"), "gaussian_noise_3"),
+            ("mnist", "soup", ("full", "soup"), "val"),
         ],
     ),
 ]
@@ -139,9 +186,6 @@ CLAIMS = [
 # Not back-filled: the facts were not recorded then, and inventing them would be the lie
 # these checks exist to catch. Rerunning a report (make results) must drop its entry.
 WITHOUT_PROVENANCE = {
-    "strategies_mnist": "ftlab-report before it wrote provenance.json (README: 2026-11-23)",
-    "strategies_bbc": "ftlab-report before it wrote provenance.json (README: 2026-11-23)",
-    "strategies_bbc_lora_lr1e-3": "ftlab-report before it wrote provenance.json",
     **{
         f"{bench}.json": "benchmarks/common.py write_results records machine and date, "
         "not the command or ftlab's commit"
@@ -266,18 +310,44 @@ def compare(
 
 
 def check_sweep_table(table: Table, folder: Path) -> list[str]:
-    """A strategies table against its folder's report.csv."""
+    """A strategies table against its folder's report.csv, tuning.csv and soup_greedy.json."""
     report = pd.read_csv(folder / "report.csv", keep_default_na=False, na_values=[""])
     report["wise_ft"] = report.get("wise_ft", pd.Series("", index=report.index)).fillna("")
+    tuning_file = folder / "tuning.csv"
+    tuning = pd.read_csv(tuning_file).set_index("strategy") if tuning_file.exists() else None
 
-    def lookup(setting: tuple[str, str], metric: str) -> tuple[list[float], float] | None:
+    def lookup(setting: tuple[str, str], metric: Any) -> tuple[list[float], float] | None:
         strategy, wise_ft = setting
+        if isinstance(metric, tuple):  # the search's cost: one number per strategy
+            if tuning is None or strategy not in tuning.index:
+                return None
+            return [float(tuning.loc[strategy, metric[1]])], 0.0
+        if strategy == "soup":  # one model: no std
+            soup_file = folder / f"soup_greedy_{wise_ft}.json"
+            if not soup_file.exists() or not metric.endswith("/acc"):
+                return None
+            soup = json.loads(soup_file.read_text())["soup"]
+            split = metric.split("/")[-2] if metric.startswith("ood/") else metric.split("/")[0]
+            return ([soup[split]["acc"]], 0.0) if split in soup else None
         found = report[(report["strategy"] == strategy) & (report["wise_ft"] == wise_ft)]
         if len(found) != 1:
             return None
         return [found.iloc[0][f"{metric}_mean"], found.iloc[0][f"{metric}_std"]], 0.0
 
     return compare(table, folder.name, STRATEGY_ROWS, STRATEGY_COLUMNS, lookup)
+
+
+def check_surgical_table(table: Table, folder: Path) -> list[str]:
+    """The surgical table (target x strategy, test accuracy) against surgical.csv."""
+    report = pd.read_csv(folder / "surgical.csv")
+
+    def lookup(target: str, strategy: str) -> tuple[list[float], float] | None:
+        found = report[(report["target"] == target) & (report["plan_strategy"] == strategy)]
+        if len(found) != 1:
+            return None
+        return [found.iloc[0]["test/acc_mean"], found.iloc[0]["test/acc_std"]], 0.0
+
+    return compare(table, folder.name, SURGICAL_ROWS, SURGICAL_COLUMNS, lookup)
 
 
 def check_distill_table(table: Table, path: Path) -> list[str]:
@@ -325,7 +395,9 @@ def table_problems(text: str) -> list[str]:
             if table.section == "## Results" and table.header_line not in UNSOURCED:
                 problems.append(f"README table {table.header_line!r} names no committed report")
             continue
-        if source.is_dir():
+        if source.is_dir() and (source / "surgical.csv").exists():
+            problems += check_surgical_table(table, source)
+        elif source.is_dir():
             problems += CHECKERS["report.csv"](table, source)
         elif source.name in CHECKERS:
             problems += CHECKERS[source.name](table, source)
@@ -350,18 +422,37 @@ def claim_problems(text: str) -> list[str]:
     return problems
 
 
-def claim_value(folder: Path, kind: str, row: tuple | None, name: str) -> tuple[list, float]:
-    """A report's (mean, std) and the slack its own rounding adds."""
+def claim_value(folder: Path, kind: str, row: Any, name: str) -> tuple[list, float]:
+    """A report's (mean, std) and the slack its own rounding adds. Kinds: "csv" (report.csv,
+    row = strategy, or None for a one-setting sweep), "alpha" (report.md's WiSE-FT table, row =
+    (strategy, α)), "soup" (soup_greedy.json, row = "soup" or "best_job", name = a split or an
+    OOD set), "surgical" (surgical.csv, row = (target, strategy))."""
     if kind == "csv":
-        report = pd.read_csv(folder / "report.csv")
+        report = pd.read_csv(folder / "report.csv", keep_default_na=False, na_values=[""])
         found = report if row is None else report[report["strategy"] == row]
+        if "wise_ft" in found:  # the strategy's own row, not its WiSE-FT best-α row
+            found = found[found["wise_ft"].fillna("") == ""]
         assert len(found) == 1, f"{folder.name}: {len(found)} rows for {row}"
         return [found.iloc[0][f"{name}_mean"], found.iloc[0][f"{name}_std"]], 0.0
+    if kind == "soup":  # row: (soup_greedy_<strategy>.json, "soup" or "best_job")
+        soup = json.loads((folder / f"soup_greedy_{row[0]}.json").read_text())
+        return [soup[row[1]][name]["acc"]], 0.0
+    if kind == "tune_jobs":  # row: (strategy, job number)
+        jobs = pd.read_csv(folder / "tune_jobs.csv")
+        found = jobs[(jobs["strategy"] == row[0]) & (jobs["job"] == row[1])]
+        assert len(found) == 1, f"{folder.name}: {len(found)} tuning jobs for {row}"
+        return [found.iloc[0][name]], 0.0
+    if kind == "surgical":
+        report = pd.read_csv(folder / "surgical.csv")
+        found = report[(report["target"] == row[0]) & (report["plan_strategy"] == row[1])]
+        assert len(found) == 1, f"{folder.name}: {len(found)} rows for {row}"
+        return [found.iloc[0]["test/acc_mean"], found.iloc[0]["test/acc_std"]], 0.0
     # report.md's α table shows 4 significant digits: their own half unit is the slack.
     tables = readme_tables((folder / "report.md").read_text())
-    alpha = next(t for t in tables if t.header[:2] == ["strategy", "α"])
-    cell = next(r for r in alpha.rows if tuple(r[:2]) == row)[alpha.header.index(name)]
-    (mean, half), *std = shown(cell)
+    alpha = next(t for t in tables if "α" in t.header)
+    at = alpha.header.index("α")
+    cell = next(r for r in alpha.rows if r[0] == row[0] and r[at] == row[1])
+    (mean, half), *std = shown(cell[alpha.header.index(name)])
     return [mean, *(s for s, _ in std)], half
 
 
@@ -378,24 +469,21 @@ def test_every_sourced_table_is_checked() -> None:
     table without a checker fails table_problems)."""
     sources = [source_of(t) for t in readme_tables(README.read_text())]
     names = sorted(s.name for s in sources if s is not None)
-    assert names == [
-        "distill_mnist.json",
-        "peft.json",
-        "strategies_bbc",
-        "strategies_mnist",
-    ]
+    assert names == ["bbc", "distill_mnist.json", "mnist", "peft.json", "surgical"]
 
 
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("| 0.588 ± 0.009 |", "| 0.589 ± 0.009 |", "scratch (random init, full training) / test"),
-        ("| 0.657 ± 0.035 |", "| 0.657 ± 0.045 |", "gradual unfreezing / typos"),  # a std
-        ("| 0.196 M |", "| 0.197 M |", "LoRA r=8 / trainable"),
+        ("| 0.853 ± 0.026 |", "| 0.854 ± 0.026 |", "scratch (random init) / test acc"),
+        ("| 0.889 ± 0.032 |", "| 0.889 ± 0.042 |", "layer-wise lr decay / gaussian noise"),  # a std
+        ("| 0.378 M |", "| 0.379 M |", "LoRA / trainable"),
+        ("| 0.948 | 0.687 |", "| 0.949 | 0.687 |", "greedy soup of LP-FT's sweep / test acc"),
+        ("| 0.13 |", "| 0.14 |", "LP-FT / tuning CPU h"),
         ("| 0.255% |", "| 0.265% |", "BitFit / ViT-S/16"),
         ("| 0.250 ± 0.136 |", "| 0.260 ± 0.136 |", "student distilled (α = 0.5, T = 4) / sk"),
-        ("(0.316 vs 0.184", "(0.326 vs 0.184", "('full', '0.5') ood_gaussian_noise_3_acc"),
-        ("reaches 0.799 ± 0.065", "reaches 0.799 ± 0.075", "None test/acc"),
+        ("(0.349 vs 0.198", "(0.359 vs 0.198", "('full', '0.5') ood_gaussian_noise_3_acc"),
+        ("scored 0.985 test", "scored 0.975 test", "('full', 3) test/acc"),
     ],
 )
 def test_an_edited_readme_number_is_caught(old: str, new: str, expected: str) -> None:
