@@ -209,7 +209,7 @@ def surgical(summaries: dict[str, pd.DataFrame]) -> Finding:
         "for an input-level shift (noise, rotation), tuning the first block alone must beat "
         "tuning the last alone; for an output-level shift (permuted labels), tuning the head "
         "alone must beat tuning any single block and full fine-tuning. Held if every target "
-        "agrees. Auto-RGN is compared with the best single block (first, middle, last)."
+        "agrees. Auto-RGN is compared with the best of the single blocks tuned."
     )
     if not summaries:
         return Finding("surgical", claim, rule, "not run")
