@@ -182,6 +182,33 @@ CLAIMS = [
     ),
 ]
 
+CLAIMS += [
+    (
+        r"the head alone wins \((\S+) vs (\S+) for the last block.*?the last block beats the first "
+        r"\((\S+) vs (\S+); (\S+) vs (\S+)\), and under noise only tuning everything recovers "
+        r"\(full (\S+), Auto-RGN (\S+)\)",
+        [
+            ("surgical", "surgical", ("permuted_labels", "head"), None),
+            ("surgical", "surgical", ("permuted_labels", "last_block"), None),
+            ("surgical", "surgical", ("gaussian_noise", "last_block"), None),
+            ("surgical", "surgical", ("gaussian_noise", "first_block"), None),
+            ("surgical", "surgical", ("rotation", "last_block"), None),
+            ("surgical", "surgical", ("rotation", "first_block"), None),
+            ("surgical", "surgical", ("gaussian_noise", "full"), None),
+            ("surgical", "surgical", ("gaussian_noise", "auto_rgn"), None),
+        ],
+    ),
+    (
+        r"within seed noise under rotation \((\S+) vs (\S+)\), and −0\.397 with permuted labels "
+        r"\((\S+)\)",
+        [
+            ("surgical", "surgical", ("rotation", "auto_rgn"), None),
+            ("surgical", "surgical", ("rotation", "last_block"), None),
+            ("surgical", "surgical", ("permuted_labels", "auto_rgn"), None),
+        ],
+    ),
+]
+
 # Committed reports written before their writer recorded command, commit, date and machine.
 # Not back-filled: the facts were not recorded then, and inventing them would be the lie
 # these checks exist to catch. Rerunning a report (make results) must drop its entry.
