@@ -64,7 +64,7 @@ RESULT_TASKS := mnist bbc surgical
 RESULT_PARTS := $(RESULT_TASKS) lp_ft wise_ft soups
 TASK ?= $(RESULT_TASKS)
 
-results: $(STAMP) ## The README's results: each strategy tuned on val, 3 fresh seeds, findings (~45 min a task on 2 CPU cores); TASK=mnist|bbc|surgical|lp_ft|wise_ft|soups runs one
+results: $(STAMP) ## The README's results: each strategy tuned on val, 3 fresh seeds, findings (20-60 min a task on 2 CPU cores); TASK=mnist|bbc|surgical|lp_ft|wise_ft|soups runs one
 	@# Checked before any job starts: a misspelled task would otherwise fail after the first one.
 	@for task in $(TASK); do case " $(RESULT_PARTS) " in *" $$task "*) ;; \
 		*) echo "error: TASK=$$task is not a results task: one of $(RESULT_PARTS)"; exit 2;; esac; done

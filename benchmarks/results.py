@@ -130,6 +130,15 @@ def multirun(
     return True
 
 
+def drop_checkpoints(sweep_dir: Path, prefix: str = "") -> None:
+    """Delete the checkpoints of a finished sweep's jobs (metrics.json keeps their results): a
+    MiniLM job leaves two of ~270 MB (weights and AdamW state), and a task's ~70 jobs would fill
+    the disk. Kept only where a later step reads them: the soups' and the teacher's sweeps."""
+    for job in sweep_dir.glob(f"{prefix}*/checkpoints"):
+        if (job.parent / "metrics.json").exists():
+            shutil.rmtree(job, ignore_errors=True)
+
+
 def choose(tune_dir: Path, keys: list[str]) -> tuple[dict[str, str], float, pd.DataFrame]:
     """The grid setting with the best mean val/acc over the tuning seeds (ties: the first)."""
     jobs = load_sweep(tune_dir)
@@ -194,6 +203,10 @@ class Driver:
             self.seeds("tune_seeds"),
         ]
         multirun(overrides, self.root / "tune" / name)
+        if name not in self.soup_names() and not any(
+            (s or {}).get("teacher") == name for s in self.plan["strategies"].values()
+        ):
+            drop_checkpoints(self.root / "tune" / name)
         keys = list((spec.get("grid") or {}).keys())
         self.chosen[name], self.tune_val[name], _ = choose(self.root / "tune" / name, keys)
 
@@ -213,6 +226,7 @@ class Driver:
             self.seeds("final_seeds"),
         ]
         multirun(overrides, self.root / "final", subdir=f"{name}_${{hydra.job.num}}", tag=name)
+        drop_checkpoints(self.root / "final", prefix=f"{name}_")
 
     def run(self) -> None:
         names = list(self.plan["strategies"])
@@ -245,6 +259,7 @@ class Driver:
             f"seed={self.plan['tune_seeds'][0]}",
         ]
         multirun(overrides, self.root / "plateau")
+        drop_checkpoints(self.root / "plateau")
 
     def soup_names(self) -> list[str]:
         """The strategies whose tuning sweep gets a greedy soup (plan key ``soup``: a name or

@@ -82,6 +82,7 @@ def test_each_strategy_is_tuned_on_val_then_rerun_at_fresh_seeds(tmp_path: Path)
         for job in finals:
             assert {k: overrides(job)[k] for k in keys} == chosen
             assert metrics(job)["status"] == "completed"
+            assert not (job / "checkpoints").exists()  # dropped: ~70 jobs would fill a disk
     text = (report / "report.md").read_text()
     assert "## Tuning: the grid, the choice and the search's cost" in text
     assert "## Budget check: does the chosen full fine-tuning plateau?" in text
@@ -94,6 +95,9 @@ def test_each_strategy_is_tuned_on_val_then_rerun_at_fresh_seeds(tmp_path: Path)
     assert all(v != "not run" for v in verdicts.values())
     assert (report / "effective_robustness.png").stat().st_size > 10_000
     assert (runs / "final" / "soup_greedy_full.json").exists()  # the plot's soup point
+    # Only the soups' tuning sweeps keep their checkpoints.
+    assert list((runs / "tune" / "full").glob("*/checkpoints/*.ckpt"))
+    assert not list((runs / "tune" / "linear_probe").glob("*/checkpoints"))
 
     # Rerun into the same folder: every step is done, so no job runs again.
     stamps = {p: p.stat().st_mtime for p in runs.rglob("metrics.json")}
