@@ -139,7 +139,7 @@ def drop_checkpoints(sweep_dir: Path, prefix: str = "") -> None:
             shutil.rmtree(job, ignore_errors=True)
 
 
-def choose(tune_dir: Path, keys: list[str]) -> tuple[dict[str, str], float, pd.DataFrame]:
+def choose(tune_dir: Path, keys: list[str]) -> tuple[dict[str, str], float]:
     """The grid setting with the best mean val/acc over the tuning seeds (ties: the first)."""
     jobs = load_sweep(tune_dir)
     done = jobs[jobs["status"] == "completed"]
@@ -148,19 +148,23 @@ def choose(tune_dir: Path, keys: list[str]) -> tuple[dict[str, str], float, pd.D
     keys = [k for k in keys if k in done]
     means = done.groupby(keys, sort=False)[METRIC].mean() if keys else done[METRIC]
     if not keys:
-        return {}, float(means.mean()), jobs
+        return {}, float(means.mean())
     best = means.idxmax()
     best = best if isinstance(best, tuple) else (best,)
-    return dict(zip(keys, best, strict=True)), float(means.max()), jobs
+    return dict(zip(keys, best, strict=True)), float(means.max())
 
 
 def best_checkpoint(tune_dir: Path) -> Path:
     """The best tuning job's best checkpoint (the distillation teacher)."""
     jobs = load_sweep(tune_dir)
     done = jobs[jobs["status"] == "completed"]
-    job = done.loc[done[METRIC].idxmax(), "job"]
-    metrics = json.loads((tune_dir / job / "metrics.json").read_text())
-    return tune_dir / job / "checkpoints" / Path(metrics["best_checkpoint"]).name
+    return job_checkpoint(tune_dir / done.loc[done[METRIC].idxmax(), "job"])
+
+
+def job_checkpoint(job_dir: Path) -> Path:
+    """A job's best checkpoint, in its own folder (metrics.json names where it was written)."""
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    return job_dir / "checkpoints" / Path(metrics["best_checkpoint"]).name
 
 
 class Driver:
@@ -208,7 +212,7 @@ class Driver:
         ):
             drop_checkpoints(self.root / "tune" / name)
         keys = list((spec.get("grid") or {}).keys())
-        self.chosen[name], self.tune_val[name], _ = choose(self.root / "tune" / name, keys)
+        self.chosen[name], self.tune_val[name] = choose(self.root / "tune" / name, keys)
 
     def final(self, name: str) -> None:
         chosen = [f"{k}={v}" for k, v in self.chosen[name].items()]
@@ -464,11 +468,7 @@ def run_two_stage(plan: dict[str, Any], root: Path, out: Path, jobs: int, comman
     starting from stage one's best checkpoint; one report per target and the finding."""
     multirun(plan["source"], root / "source")
     source = root / "source" / "0"
-    ckpt = (
-        source
-        / "checkpoints"
-        / Path(json.loads((source / "metrics.json").read_text())["best_checkpoint"]).name
-    )
+    ckpt = job_checkpoint(source)
     summaries, costs = {}, []
     for target, overrides in plan["targets"].items():
         driver = Driver(
