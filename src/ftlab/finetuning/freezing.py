@@ -72,12 +72,19 @@ def param_groups(plan: Plan, named: dict[str, nn.Parameter]) -> list[dict]:
 
 
 def checksum(module: nn.Module, names: set[str] | None = None) -> str:
-    """A hash of parameter bytes (all, or ``names``), to compare replicas across DDP ranks."""
+    """A hash of parameter bytes (all, or ``names``), to compare replicas across DDP ranks.
+
+    Under FSDP (ftlab.sharding) the full parameters are hashed: a collective, so every rank
+    calls it at the same point with the same ``names``.
+    """
     digest = hashlib.blake2b(digest_size=8)
     for name, param in module.named_parameters():
         if names is None or name in names:
             digest.update(name.encode())
             # blake2b reads the numpy buffer in place: no copy of a CPU parameter's bytes.
-            data = param.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            data = param.detach()
+            if hasattr(data, "full_tensor"):  # an FSDP2 shard (DTensor): every rank gathers
+                data = data.full_tensor()
+            data = data.cpu().contiguous().reshape(-1).view(torch.uint8)
             digest.update(data.numpy())
     return digest.hexdigest()
