@@ -58,6 +58,9 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 bench: $(STAMP) ## Run the benchmarks (benchmarks/README.md)
 	$(PY) benchmarks/run.py $(ARGS)
 
+gpu-check: $(STAMP) ## On one CUDA GPU, under 8 min: AMP, LoRA, host syncs, step ratio, compile, FSDP -> benchmarks/results/gpu.json
+	$(PY) scripts/gpu_check.py $(ARGS)
+
 # The tasks run by `make results`; a finding alone (lp_ft, wise_ft, soups: a subset of mnist's
 # strategies) with TASK=<finding>. Plans: benchmarks/plans/<task>.yaml.
 RESULT_TASKS := mnist bbc surgical
@@ -74,4 +77,4 @@ results: $(STAMP) ## The README's results: each strategy tuned on val, 3 fresh s
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache src/*.egg-info
 
-.PHONY: help install data-fashion postgres train test test-fast lint format bench results clean
+.PHONY: help install data-fashion postgres train test test-fast lint format bench gpu-check results clean

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_compile
 import bench_distill
 import bench_frozen
+import bench_fsdp
 import bench_memory
 import bench_overhead
 import bench_peft
@@ -35,6 +36,7 @@ BENCHES = {
     "peft": bench_peft.run,
     "distill": bench_distill.run,
     "compile": bench_compile.run,
+    "fsdp": bench_fsdp.run,
 }
 
 

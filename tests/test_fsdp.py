@@ -196,3 +196,43 @@ def test_train_py_under_fsdp_cpu_then_export_and_eval(tmp_path: Path) -> None:
         "trainer.accelerator=cpu", "trainer.limit_test_batches=2", run_dir=tmp_path / "eval",
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+
+
+# --- scripts/gpu_check.py's logic on the CPU -------------------------------------------------
+
+GPU_CHECK = ROOT / "scripts" / "gpu_check.py"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_gpu_check_without_cuda_fails_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [sys.executable, str(GPU_CHECK), "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: gpu-check needs a CUDA GPU"), lines
+    assert "--device cpu --dry-run" in lines[0] and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ddp  # the fsdp check starts a (one-rank) process group
+def test_gpu_check_dry_run_on_the_cpu_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [sys.executable, str(GPU_CHECK), "--device", "cpu", "--dry-run", "--out", str(out),
+         "--only", "step_ratio,fsdp", "--lm"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    body = json.loads(out.read_text())
+    assert body["device"] == "cpu" and body["torch"] == torch.__version__ and body["commit"]
+    assert set(body["checks"]) == {"step_ratio", "fsdp"}
+    ratio = body["checks"]["step_ratio"]
+    assert {"vit/none", "vit/lora"} <= set(ratio["cases"]) and ratio["cases"]["vit/none"][
+        "ratio"
+    ] > 0
+    assert "skipped" in ratio["causal_lm_lora"]  # until ftlab has a causal LM task
+    fsdp = body["checks"]["fsdp"]
+    assert fsdp["ok"] and fsdp["units"] > 0 and len(fsdp["rank_checksums"]) == 1
