@@ -160,6 +160,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = {c: child_json(HERE / "bench_fsdp.py", ["--case", c, *args], 900) for c in cases}
     records = []
     for case, row in rows.items():
+        row = {k: v for k, v in row.items() if k != "case"}
         for key in ("param_bytes", "grad_bytes", "optimizer_bytes", "peak_bytes"):
             records.append(
                 report("fsdp", f"{case}/{key}", row[key] / MIB, "MiB", "info", None, **row)

@@ -171,6 +171,11 @@ class ShardedStrategy(ModelParallelStrategy):
                 f"trainer=fsdp shards ftlab modules (a backbone and a head); "
                 f"{type(module).__name__} has no backbone/head: use trainer=ddp"
             )
+        if self.cpu_offload and self.root_device.type == "cpu":
+            raise FtlabError(
+                "trainer.strategy.cpu_offload=true offloads GPU memory to the host; this run "
+                "is on the CPU already: set trainer.strategy.cpu_offload=false"
+            )
         mesh = self.device_mesh["data_parallel"]
         if not _is_sharded(module):
             self._plain = _meta_copies(module)
