@@ -29,7 +29,7 @@ from omegaconf.errors import InterpolationValidationError
 
 from ftlab import trainer_keys
 from ftlab.config_checks import check_config
-from ftlab.errors import FtlabError, RunInterrupted
+from ftlab.errors import FtlabError, RunCompleted, RunInterrupted
 from ftlab.options import conf_dir
 
 trainer_keys.register()  # trainer/lightning: every lightning.Trainer keyword, before any compose
@@ -152,12 +152,23 @@ class RunDirGuard(Callback):
     (ftlab.rundir)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from ftlab.run_record import start_record
         from ftlab.rundir import claim
 
         if config.get("plan"):
             return  # plan=true only prints the plan and writes schedule.yaml
+        # What the run is started with: a resume must match the run's record of it.
+        started = start_record(config_values(config), dict(config.hydra.runtime.choices))
         try:
-            claim(Path(config.hydra.run.dir), bool(config.get("resume")), config.get("ckpt_path"))
+            claim(
+                Path(config.hydra.run.dir),
+                bool(config.get("resume")),
+                config.get("ckpt_path"),
+                started=started,
+            )
+        except RunCompleted as done:  # read-only for a resume: say so, and succeed
+            say(str(done))
+            sys.exit(0)
         except FtlabError as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -176,6 +187,9 @@ def _run(task: str, cfg: DictConfig) -> Any:
         check_config(config_values(cfg))  # before importing the task: no torch for a bad number
         func: Callable[[DictConfig], Any] = getattr(import_module(module_name), func_name)
         return func(cfg)
+    except RunCompleted as done:  # a sweep's job resumed after it completed: its value
+        say(str(done))
+        return done.value
     except RunInterrupted as exc:
         # Not a failure of this job: the state is saved. A sweep stops too (SystemExit passes
         # Hydra's launcher), since the signal was meant for the whole process.

@@ -53,6 +53,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ftlab.csv_log import drop_after
 from ftlab.errors import FtlabError, RunInterrupted
 from ftlab.finetuning.plan import Plan
 from ftlab.outputs import write_json
@@ -101,6 +102,11 @@ class FaultGuard(L.Callback):
         # Before Lightning installs its SIGTERM handler (Trainer._run): ftlab's replaces it.
         if type(getattr(trainer, "_signal_connector", None)) is _SignalConnector:
             trainer._signal_connector = Signals(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resumed run continues its CSV log from the step it resumes at (ftlab.csv_log).
+        if trainer.ckpt_path and trainer.is_global_zero:
+            drop_after(trainer.loggers, trainer.global_step)
 
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor

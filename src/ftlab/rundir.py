@@ -23,6 +23,7 @@ ranks with the same ``hydra.run.dir``. Nothing here imports torch, so a refusal 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shlex
@@ -34,7 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftlab.errors import FtlabError
+from ftlab.errors import FtlabError, RunCompleted
+from ftlab.run_record import check_resume_matches, write_record
 
 log = logging.getLogger("ftlab")
 
@@ -148,6 +150,7 @@ def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = Tr
             raise _taken(run_dir, evidence)
         return RunDir(run_dir, str(ckpt_path))
     if resume or slurm_requeued(run_dir):
+        completed(run_dir)
         latest = latest_checkpoint(run_dir)
         if latest is not None:
             return RunDir(run_dir, str(latest))
@@ -161,6 +164,25 @@ def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = Tr
     if evidence:
         raise _taken(run_dir, evidence)
     return RunDir(run_dir)
+
+
+def completed(run_dir: Path) -> None:
+    """Raise :class:`RunCompleted` if the run in ``run_dir`` completed: it is read-only for a
+    resume, which would re-run its test and rewrite its records."""
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return
+    if not isinstance(metrics, dict) or metrics.get("status") != "completed":
+        return
+    value = (metrics.get("optimized_metric") or {}).get("value")
+    shown = f" ({metrics['optimized_metric']['name']} {value})" if value is not None else ""
+    raise RunCompleted(
+        f"resume=true: the run in {run_dir} has completed{shown}; nothing to resume, and "
+        "nothing of it was changed (start another run with another hydra.run.dir)",
+        value,
+    )
 
 
 def _taken(run_dir: Path, evidence: list[str]) -> FtlabError:
@@ -187,8 +209,19 @@ def _lock(run_dir: Path) -> int:
     return fd
 
 
-def claim(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = True) -> RunDir:
-    """Lock (global rank 0 only; once per process) and resolve ``run_dir``."""
+def claim(
+    run_dir: Path,
+    resume: bool,
+    ckpt_path: str | None,
+    check: bool = True,
+    started: dict | None = None,
+) -> RunDir:
+    """Lock (global rank 0 only; once per process) and resolve ``run_dir``.
+
+    ``started`` (ftlab.run_record.start_record of the composed config): a resume from a
+    checkpoint of this run must match the run's own record, and a run that starts here records
+    it. Every check comes before the first write.
+    """
     run_dir = run_dir.resolve()
     if not is_global_zero():
         return resolve(run_dir, resume, ckpt_path, check=False)
@@ -197,9 +230,16 @@ def claim(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = True
     fd = _lock(run_dir)
     try:
         run = resolve(run_dir, resume, ckpt_path, check)
+        continues = run.ckpt_path is not None and Path(run.ckpt_path).resolve().is_relative_to(
+            run_dir
+        )
+        if started is not None and continues:
+            check_resume_matches(run_dir, started)
     except BaseException:
         os.close(fd)
         raise
+    if started is not None and not continues:
+        write_record(run_dir, started)
     remove_partials(run_dir)  # no writer is alive: this process holds the lock
     # Written only once every check passed, so a refused run leaves the note as it was.
     os.ftruncate(fd, 0)
