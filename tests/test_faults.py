@@ -21,7 +21,8 @@ from ftlab.errors import FtlabError
 from ftlab.rundir import is_global_zero, is_whole, resolve, resume_command
 
 TESTS = str(Path(__file__).parent)
-ENV = {"PYTHONPATH": TESTS}  # train.py imports test_faults.PauseAt from here
+# train.py imports test_faults.PauseAt from here (and ftlab from where this test's ftlab is)
+ENV = {"PYTHONPATH": os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)}
 
 # Two epochs of four steps; freeze=gradual unfreezes layer4.0 at epoch 1 (global step 4).
 COMMON = [
@@ -172,6 +173,25 @@ def test_sigterm_saves_exits_cleanly_and_resume_matches(tmp_path, reference, sta
     )
     assert restored in (run_dir / "train.log").read_text()
     assert_same_run(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_records_interrupted_and_prints_the_resume_command(tmp_path):
+    """SIGINT (Ctrl-C) ends like SIGTERM, not as Lightning's bare KeyboardInterrupt."""
+    marker = tmp_path / "paused"
+    run_dir = tmp_path / "run"
+    proc = start(*COMMON, *pause(6, marker), run_dir=run_dir)
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("interrupted: SIGINT at global step 6 "), lines[0]
+    assert lines[0].endswith(f"resume=true hydra.run.dir={run_dir.resolve()}")
+    stopped = read_metrics(run_dir)
+    assert stopped["status"] == "interrupted" and stopped["reason"] == "SIGINT"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
 
 
 @pytest.mark.slow

@@ -193,7 +193,10 @@ def _run(task: str, cfg: DictConfig) -> Any:
     except RunInterrupted as exc:
         # Not a failure of this job: the state is saved. A sweep stops too (SystemExit passes
         # Hydra's launcher), since the signal was meant for the whole process.
-        say(f"interrupted: {one_line(str(exc))}")
+        from ftlab.rundir import is_global_zero
+
+        if is_global_zero():  # one line for the run, not one per DDP rank
+            say(f"interrupted: {one_line(str(exc))}")
         sys.exit(exc.exit_code)
     except Exception as exc:
         message = user_error(exc)

@@ -1,4 +1,5 @@
-"""Faults during training: a preemption (SIGTERM) and a loss that is no longer finite.
+"""Faults during training: a preemption (SIGTERM), Ctrl-C (SIGINT, handled the same way: the
+state saved, ``interrupted``, exit 130, the resume command) and a loss that is no longer finite.
 
 SIGTERM: ftlab's handler (``on_sigterm``, in place of Lightning's, see ``Signals``) flags it
 and passes it on to the DDP children this process started. ``FaultGuard`` acts on it at the
@@ -222,7 +223,12 @@ class FaultGuard(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.last)
         self.saved = True
-        log.info("SIGTERM: state at global step %d saved to %s", trainer.global_step, self.last)
+        log.info(
+            "%s: state at global step %d saved to %s",
+            signal_name(),
+            trainer.global_step,
+            self.last,
+        )
 
     def _diverged(self, trainer: L.Trainer, what: str, step: int | None = None) -> TrainingDiverged:
         phase = self.plan.phase_at(trainer.current_epoch)
@@ -283,7 +289,7 @@ def recorded(trainer: L.Trainer, run_dir: Path, started: dict[str, Any]) -> Iter
         command = resume_command(run_dir)
         record = {
             "status": "interrupted",
-            "reason": "SIGTERM",
+            "reason": signal_name(),
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "checkpoint": str(last) if last.is_file() else None,
@@ -294,8 +300,9 @@ def recorded(trainer: L.Trainer, run_dir: Path, started: dict[str, Any]) -> Iter
             write_json(run_dir / "metrics.json", record)
         saved = f"state saved to {last}" if last.is_file() else "no state saved"
         raise RunInterrupted(
-            f"SIGTERM at global step {trainer.global_step} (epoch {trainer.current_epoch}); "
-            f"{saved}; continue with: {command}"
+            f"{signal_name()} at global step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}); {saved}; continue with: {command}",
+            exit_code=128 + _signum(),
         ) from None
     except TrainingDiverged as err:
         if trainer.is_global_zero:
@@ -371,18 +378,37 @@ class LastCheckpoint(ModelCheckpoint):
 _listening: list[Signals] = []
 
 
+# The signals that stop a run with its state saved: a preemption and Ctrl-C alike.
+STOPPING = (signal.SIGTERM, signal.SIGINT)
+_received: list[int] = []  # the stopping signals this process got, in order
+
+
+def signal_name() -> str:
+    """The stopping signal this run got (SIGTERM when none was seen: Lightning's own flag)."""
+    return signal.Signals(_signum()).name
+
+
+def _signum() -> int:
+    return _received[0] if _received else int(signal.SIGTERM)
+
+
 def on_sigterm(signum: int, frame: Any) -> None:
-    """ftlab's SIGTERM handler, installed for the whole run (``preemptible``).
+    """ftlab's handler of SIGTERM and SIGINT (Ctrl-C), installed for the whole run
+    (``preemptible``). A second Ctrl-C gives up on saving: Python's KeyboardInterrupt.
 
     During fit it only sets a flag, which ``FaultGuard`` acts on at a batch end, every rank at
     the same step; DDP children started by this process get the signal too, as Lightning's
     handler does. Anywhere else it raises ``SIGTERMException`` at once.
     """
+    # (Rank 0 only: a terminal's Ctrl-C reaches DDP children directly and, forwarded, again.)
+    if signum == signal.SIGINT and signal.SIGINT in _received and is_global_zero():
+        raise KeyboardInterrupt  # Ctrl-C twice: stop now, unsaved
+    _received.append(signum)
     connector = _listening[-1] if _listening else None
     if connector is None:
         raise SIGTERMException
     trainer = connector.trainer
-    log.info("SIGTERM received (rank %d)", trainer.global_rank)
+    log.info("%s received (rank %d)", signal.Signals(signum).name, trainer.global_rank)
     launcher = trainer.strategy.launcher
     if not connector.preempted and launcher is not None:
         launcher.kill(signum)
@@ -410,7 +436,8 @@ class Signals(_SignalConnector):
         super().register_signal_handlers()
         self.preempted = False
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_sigterm)
+            for signum in STOPPING:
+                signal.signal(signum, on_sigterm)
         _listening.append(self)
 
     def teardown(self) -> None:
@@ -431,7 +458,8 @@ def preemptible(run_dir: Path, started: dict[str, Any]) -> Iterator[None]:
     """
 
     main = threading.current_thread() is threading.main_thread()  # signals go to the main thread
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+    _received.clear()
+    previous = {s: signal.signal(s, on_sigterm) for s in STOPPING} if main else {}
     try:
         yield
     except SIGTERMException:
@@ -440,7 +468,7 @@ def preemptible(run_dir: Path, started: dict[str, Any]) -> Iterator[None]:
         command = resume_command(run_dir)
         record = {
             "status": "interrupted",
-            "reason": "SIGTERM",
+            "reason": signal_name(),
             "global_step": step,
             "checkpoint": str(last) if last.is_file() else None,
             "resume": command,
@@ -454,11 +482,13 @@ def preemptible(run_dir: Path, started: dict[str, Any]) -> Iterator[None]:
             else "nothing saved yet"
         )
         raise RunInterrupted(
-            f"SIGTERM outside the training loop; {where}; continue with: {command}"
+            f"{signal_name()} outside the training loop; {where}; continue with: {command}",
+            exit_code=128 + _signum(),
         ) from None
     finally:
         if main:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
