@@ -250,6 +250,56 @@ def test_nan_or_inf_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint
     assert all(torch.isfinite(v).all() for v in weights)
 
 
+class PoisonBuffer(L.Callback):
+    """Test hook: after global step ``step`` a BatchNorm's running_var becomes inf (as an
+    overflowed update leaves it) while the training loss, on batch statistics, stays finite."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            bn = next(m for m in pl_module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("inf"))
+
+
+class PoisonValidation(L.Callback):
+    """Test hook: the inputs of the first validation during fit become nan."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            batch[0].fill_(float("nan"))
+
+
+POISONED = {
+    "BatchNorm running_var": (
+        ["+callbacks.poison._target_=test_faults.PoisonBuffer", "+callbacks.poison.step=2"],
+        r"error: buffer \S*running_var is inf at global step \d+ ",
+    ),
+    "validation loss": (
+        ["+callbacks.poison._target_=test_faults.PoisonValidation"],
+        r"error: validation loss is nan at global step 4 \(epoch 0, ",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, line", POISONED.values(), ids=POISONED)
+def test_a_poisoned_state_is_never_saved_nor_pointed_at(tmp_path, overrides, line):
+    every = ["callbacks.last_checkpoint.every_n_train_steps=1", "freeze=none"]
+    done = run_cli("train.py", *COMMON, *every, *overrides, run_dir=tmp_path, env=ENV)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert re.match(line, lines[0]), lines[0]
+    assert read_metrics(tmp_path)["status"] == "failed"
+    saved = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
+    for path in saved:  # whatever was saved, and what the line points at, is finite
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+    assert not any(p.name.startswith("best") for p in saved)  # no validation was finite
+
+
 @pytest.mark.slow
 def test_a_second_run_in_a_live_run_directory_is_refused_and_touches_nothing(tmp_path):
     marker = tmp_path / "paused"

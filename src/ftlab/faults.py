@@ -98,11 +98,18 @@ class FaultGuard(L.Callback):
         self.first_bad: torch.Tensor | None = None
         self.unchecked = 0  # losses since the last check: the same count on every rank
         self.checked_step = 0  # the global step of the last periodic check
+        self.buffers: list[str] = []  # floating buffers finite at setup, checked at each save
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Before Lightning installs its SIGTERM handler (Trainer._run): ftlab's replaces it.
         if type(getattr(trainer, "_signal_connector", None)) is _SignalConnector:
             trainer._signal_connector = Signals(trainer)
+        # The floating buffers that are finite now (once, at setup): each save checks them.
+        # Some models keep -inf mask buffers on purpose; those are left out.
+        floating = [(n, b) for n, b in pl_module.named_buffers() if b.is_floating_point()]
+        if floating:
+            ok = torch.stack([torch.isfinite(b).all() for _, b in floating]).tolist()
+            self.buffers = [n for (n, _), good in zip(floating, ok, strict=True) if good]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A resumed run continues its CSV log from the step it resumes at (ftlab.csv_log).
@@ -131,15 +138,21 @@ class FaultGuard(L.Callback):
         # buffers on purpose. One host sync for all of them.
         if self.unchecked:
             self._check(trainer)
-        trainable = [(n, p.detach()) for n, p in pl_module.named_parameters() if p.requires_grad]
-        if not trainable:
+        # Buffers too: an overflowed update leaves BatchNorm's running_var inf while the loss
+        # (batch statistics) stays finite. Only those finite at the start (self.buffers).
+        named = dict(pl_module.named_buffers())
+        tensors = [
+            ("weight", n, p.detach()) for n, p in pl_module.named_parameters() if p.requires_grad
+        ]
+        tensors += [("buffer", n, named[n].detach()) for n in self.buffers if n in named]
+        if not tensors:
             return
-        finite = torch.stack([torch.isfinite(p).all() for _, p in trainable])
+        finite = torch.stack([torch.isfinite(t).all() for *_, t in tensors])
         if not bool(finite.all()):
-            name, param = next(
-                t for t, ok in zip(trainable, finite.tolist(), strict=True) if not ok
+            what, name, value = next(
+                t for t, ok in zip(tensors, finite.tolist(), strict=True) if not ok
             )
-            raise self._diverged(trainer, f"weight {name} is {_kind(param)}")
+            raise self._diverged(trainer, f"{what} {name} is {_kind(value)}")
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.unchecked:  # no validation (nor best checkpoint) of weights a nan has reached
@@ -150,6 +163,11 @@ class FaultGuard(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._hold(trainer)
+        # Before ModelCheckpoint's hook (Lightning runs checkpoint callbacks last): a
+        # validation whose loss is not finite is never saved as best, and training stops.
+        loss = trainer.callback_metrics.get("val/loss") if trainer.state.fn == "fit" else None
+        if loss is not None and not bool(torch.isfinite(loss).all()):  # one read a validation
+            raise self._diverged(trainer, f"validation loss is {_kind(loss)}")
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         # Lightning would stop this rank alone at the end of the batch: the flag moves here.

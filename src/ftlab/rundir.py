@@ -22,6 +22,7 @@ ranks with the same ``hydra.run.dir``. Nothing here imports torch, so a refusal 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -194,9 +195,12 @@ def _taken(run_dir: Path, evidence: list[str]) -> FtlabError:
 
 def _lock(run_dir: Path) -> int:
     """Take ``<run_dir>/.lock`` without waiting; the open descriptor holds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's note stays
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's note stays
+    except OSError as err:  # before anything else is written or started
+        raise FtlabError(refused_path(run_dir, err)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -207,6 +211,40 @@ def _lock(run_dir: Path) -> int:
             "hydra.run.dir, or wait for that one to end and continue it with resume=true"
         ) from None
     return fd
+
+
+def refused_path(run_dir: Path, err: OSError) -> str:
+    """One line for a run directory the OS refuses to create or write, naming why."""
+    key = f"hydra.run.dir={run_dir}"
+    if err.errno == errno.ENAMETOOLONG:
+        longest = max(run_dir.parts, key=len)
+        limit = _name_max(run_dir)
+        if len(longest) > limit:
+            return (
+                f"{key}: the path component {longest[:40]}... is {len(longest)} characters, "
+                f"longer than this file system allows ({limit}): shorten it"
+            )
+        return f"{key} is {len(str(run_dir))} characters, longer than the OS allows: shorten it"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = Path(err.filename) if err.filename else run_dir
+        why = "is read-only" if err.errno == errno.EROFS else "is not writable by this user"
+        return (
+            f"{key}: {where} {why} ({os.strerror(err.errno)}): give hydra.run.dir a directory "
+            "you can write"
+        )
+    if err.errno == errno.ENOSPC:
+        return f"{key}: no space left on the device: free some, or give another hydra.run.dir"
+    return f"{key} cannot be created: {os.strerror(err.errno or 0)} ({err.filename or run_dir})"
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name allowed where ``path`` would be (255 on most file systems)."""
+    for parent in [path, *path.parents]:
+        try:
+            return os.pathconf(parent, "PC_NAME_MAX")
+        except (OSError, ValueError):  # not there yet (or itself too long): its parent
+            continue
+    return 255
 
 
 def claim(
