@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import InterpolationValidationError
 
-from ftlab import trainer_keys
+from ftlab import override_checks, trainer_keys
 from ftlab.config_checks import check_config
 from ftlab.errors import FtlabError, RunCompleted, RunInterrupted
 from ftlab.options import conf_dir
@@ -213,6 +213,7 @@ def _main(config_name: str, task: str) -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     try:  # a misspelled trainer.<key>: one line naming the closest keyword, not Hydra's four
         trainer_keys.check_overrides(sys.argv[1:])
+        override_checks.check_overrides(conf_dir(), config_name, sys.argv[1:])  # other groups
     except FtlabError as err:
         say(f"error: {err}")
         sys.exit(USER_ERROR_EXIT)
