@@ -50,7 +50,7 @@ def check_overrides(config_dir: str, config_name: str, args: Sequence[str]) -> N
                     return  # another problem: Hydra's own message says it
                 others = [o for o in overrides if o != suspect]
                 cfg = compose(config_name, overrides=others, return_hydra_config=True)
-                raise FtlabError(_unknown_key(key, cfg, others)) from None
+                raise FtlabError(unknown_key(key, cfg)) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -107,7 +107,7 @@ def _unknown_option(group: str, option: str, options: Sequence[str]) -> str:
     return f"{group}={option} is not a {group} option: {hint}"
 
 
-def _unknown_key(key: str, cfg: Any, others: Sequence[str]) -> str:
+def unknown_key(key: str, cfg: Any) -> str:
     """``key`` is not in the composed config (without it): the closest key at its level."""
     parts = key.split(".")
     node, where = cfg, []
