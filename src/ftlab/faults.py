@@ -38,12 +38,14 @@ checkpoint so that a kill at any moment leaves the file whole or absent, never t
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +324,15 @@ def recorded(trainer: L.Trainer, run_dir: Path, started: dict[str, Any]) -> Iter
             f"{trainer.current_epoch}); {saved}; continue with: {command}",
             exit_code=128 + _signum(),
         ) from None
+    except DiskFull as err:
+        if trainer.is_global_zero:
+            # A few hundred bytes: the disk usually has them, and the run's record needs them.
+            with suppress(OSError):
+                write_json(
+                    run_dir / "metrics.json",
+                    {"status": "failed", "error": str(err), "checkpoint": err.kept, **started},
+                )
+        raise
     except TrainingDiverged as err:
         if trainer.is_global_zero:
             write_json(
@@ -509,6 +520,46 @@ def preemptible(run_dir: Path, started: dict[str, Any]) -> Iterator[None]:
                 signal.signal(signum, handler)
 
 
+class DiskFull(FtlabError):
+    """A checkpoint did not fit on its file system; the previous files stay whole (atomic)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        last = path.parent / LAST.name
+        kept = [p for p in (path, last) if p.is_file()]
+        self.kept = str(kept[0]) if kept else None
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        what = (
+            f"{self.kept} (global step {_step_of(kept[0])}) is kept whole"
+            if kept
+            else ("no earlier checkpoint is kept")
+        )
+        super().__init__(
+            f"no space left on the device writing {path} ({_size(free)} free in {path.parent}): "
+            f"{what}; free some space (or set paths.output_dir elsewhere) and continue with "
+            "resume=true"
+        )
+
+
+def _disk_full(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen) or "unexpected pos" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint whole or not at all: a hidden file next to it, fsync, then rename.
 
@@ -535,8 +586,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, path)
-        except BaseException:
+        except BaseException as err:
             partial.unlink(missing_ok=True)
+            if _disk_full(err):  # torch reports it as "unexpected pos", with ENOSPC inside
+                raise DiskFull(path) from None
             raise
         directory = os.open(path.parent, os.O_RDONLY)
         try:
