@@ -416,6 +416,18 @@ def test_a_torn_checkpoint_is_never_resumed_from(tmp_path):
             resolve(torn, True, None)
 
 
+def test_a_torn_newest_checkpoint_falls_back_to_the_previous_whole_one(tmp_path):
+    run_dir = holding(tmp_path, "checkpoints/best-epoch000.ckpt", "checkpoints/last.ckpt")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:-30])  # torn, and the newest
+    run = resolve(run_dir, True, None)
+    assert run.ckpt_path == str(run_dir / "checkpoints" / "best-epoch000.ckpt")
+    assert run.note == (
+        f"resume=true: {last} is not a whole checkpoint (cut short mid-write); resuming from "
+        f"the previous whole one, {run.ckpt_path}"
+    )
+
+
 # (files in the run directory, resume, ckpt_path) -> the error
 REFUSED = {
     "a finished run": (["metrics.json"], False, None, r"already holds a run \(metrics\.json\)"),

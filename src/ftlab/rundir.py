@@ -47,6 +47,8 @@ LAST = Path("checkpoints") / "last.ckpt"  # also where a SIGTERM'd run saves (ft
 # Locks this process holds, by resolved run directory: the Hydra callback takes the lock and
 # train() in the same process finds it here (a second flock of the same file would fail).
 _held: dict[Path, int] = {}
+# Run directories whose newest checkpoint was torn: (that file, the one resumed instead).
+_torn: dict[Path, tuple[Path, Path]] = {}
 # The overrides each claimed run was started with, for the command that resumes it.
 _overrides: dict[Path, list[str]] = {}
 
@@ -84,18 +86,40 @@ def slurm_requeued(run_dir: Path) -> bool:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
+    """The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``.
+
+    A newest file that is not whole (a writer that is not atomic, killed mid-write) falls back
+    to the newest whole one among them and the run's other checkpoints (``best-*.ckpt`` hold
+    the full state too); :func:`fallback_note` says so. None whole at all: refused.
+    """
     found = [p for p in [run_dir / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
     if not found:
         return None
     newest = max(found, key=lambda p: p.stat().st_mtime_ns)
-    if not is_whole(newest):
+    if is_whole(newest):
+        return newest
+    others = {*found, *(run_dir / "checkpoints").glob("*.ckpt")} - {newest}
+    whole = [p for p in others if p.is_file() and is_whole(p)]
+    if not whole:
         raise FtlabError(
             f"resume=true: {newest} is not a whole checkpoint (it ends before its archive's "
-            "directory: written by a process killed mid-write, or the disk was full); move it "
-            "away to resume from an older one, or to start the run again"
+            "directory: written by a process killed mid-write, or the disk was full), and no "
+            "other whole checkpoint is in the run; move it away to start the run again"
         )
-    return newest
+    previous = max(whole, key=lambda p: p.stat().st_mtime_ns)
+    _torn[run_dir] = (newest, previous)
+    return previous
+
+
+def fallback_note(run_dir: Path) -> str | None:
+    """The line a resume that skipped a torn newest checkpoint logs (None: it did not)."""
+    if run_dir not in _torn:
+        return None
+    torn, previous = _torn[run_dir]
+    return (
+        f"resume=true: {torn} is not a whole checkpoint (cut short mid-write); resuming from "
+        f"the previous whole one, {previous}"
+    )
 
 
 def is_whole(path: Path) -> bool:
@@ -154,7 +178,7 @@ def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = Tr
         completed(run_dir)
         latest = latest_checkpoint(run_dir)
         if latest is not None:
-            return RunDir(run_dir, str(latest))
+            return RunDir(run_dir, str(latest), note=fallback_note(run_dir))
         # Stopped before its first checkpoint (a requeued job sets resume by itself): start it
         # again, and say so, since a mistyped hydra.run.dir lands here too.
         note = (
