@@ -174,10 +174,9 @@ class FtlabOptunaSweeper(Sweeper):
         live one's for a grace period (ftlab.sweeps.optuna_search.recover), so the window in
         which a kill leaves it unnamed must be as short as one write."""
         from ftlab.sweeps import optuna_search as search
+        from hydra_plugins.ftlab_sweeper.named_ask import ask_named
 
-        trial = study.ask(space.distributions)
-        trial.set_user_attr("worker", search.worker_id())
-        return trial
+        return ask_named(study, space.distributions, search.worker_id())  # named as created
 
     def _run_trials(
         self,
