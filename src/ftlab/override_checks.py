@@ -59,6 +59,8 @@ def _suspicious(conf: Path, config_name: str, override: str) -> bool:
     key, _, value = override.partition("=")
     if key.startswith(("+", "~", "hydra.", "hydra/")) or key.startswith("trainer."):
         return False
+    if "(" in value:  # a sweep: choice(...), interval(...), glob(...); the sweeper checks keys
+        return False
     group = key.split("@")[0]
     if (conf / group).is_dir():  # model=..., data=..., hydra/launcher=...
         picked = [v.strip() for v in value.strip("[]").split(",")] if value else []
