@@ -238,7 +238,10 @@ def test_mnist_target_bad_shift_is_named(shift, match):
     [
         ({"val_fraction": 1.5}, r"data\.val_fraction=1\.5"),
         ({"val_fraction": 0.5, "test_fraction": 0.6}, r"data\.val_fraction=0\.5 \+ data\.test"),
-        ({"test_fraction": 0.0001}, r"data\.test_fraction=0\.0001 leaves the test split empty"),
+        (
+            {"test_fraction": 0.0001},
+            r"the test split is empty: .*data\.test_fraction=0\.0001 the smallest data",
+        ),
         ({"image_size": 0}, r"data\.image_size=0"),
         ({"batch_size": 0}, r"data\.batch_size=0"),
     ],

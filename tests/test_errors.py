@@ -169,6 +169,8 @@ CATALOGUE = {
     "more CPU processes than cores": Bad(["trainer.devices=999"], r"trainer\.devices=999 with trainer\.accelerator=cpu asks for 999 CPU cores.*set trainer\.devices to at most"),
     "zero devices": Bad(["trainer.devices=0"], r"trainer\.devices=0 must be an integer >= 1, -1 \(all\), auto or a list of device indices"),
     "more GPUs than exist": Bad(["trainer.accelerator=gpu", "trainer.devices=999"], r"trainer\.accelerator=gpu but this machine has no CUDA GPU.*trainer\.accelerator=cpu|asks for 999 GPUs"),
+    "TPU without torch_xla": Bad(["trainer.accelerator=tpu"], r"trainer\.accelerator=tpu needs the torch_xla package, which is not installed here: use trainer\.accelerator=cpu"),
+    "float16 autocast on the CPU": Bad(["trainer.precision=16-mixed"], r"trainer\.precision=16-mixed on the CPU: Lightning would run bf16-mixed instead .*set trainer\.precision=bf16-mixed or 32-true$"),
     "missing ckpt_path": Bad(["ckpt_path=/nonexistent/last.ckpt"], r"ckpt_path=/nonexistent/last\.ckpt: no such file"),
     "ckpt_path of another model": Bad(["ckpt_path={vit_ckpt}"], r"ckpt_path=\S+/last\.ckpt belongs to model test_vit, not test_resnet: .*model\.name=test_vit"),
     "ckpt_path not a checkpoint": Bad(["ckpt_path={junk_pth}"], r"ckpt_path=\S+/junk\.pth is not a loadable checkpoint"),
@@ -225,14 +227,18 @@ def test_a_fresh_interpreter_prints_only_the_error_line(tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("freeze=warp", ["Could not find 'freeze/warp'", "gradual"]),  # unknown option
-        ("optimizer.lrr=1", ["Could not override 'optimizer.lrr'", "+optimizer.lrr=1"]),  # key
+        ("freeze=warp", "error: freeze=warp is not a freeze option: "),  # unknown option
+        (
+            "optimizer.lrr=1",
+            "error: optimizer.lrr is not a key of optimizer=adamw: did you mean optimizer.lr?",
+        ),  # key
     ],
 )
-def test_unknown_config_option_or_key_is_hydras_clear_error(tmp_path, override, expected):
+def test_unknown_config_option_or_key_is_one_line(tmp_path, override, expected):
     done = run_cli_warm("train.py", override, run_dir=tmp_path)
-    assert done.returncode != 0
-    assert all(text in done.stderr for text in expected), done.stderr[-2000:]
+    assert done.returncode == 2
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith(expected), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "metrics.json").exists()
 

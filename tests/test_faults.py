@@ -21,7 +21,8 @@ from ftlab.errors import FtlabError
 from ftlab.rundir import is_global_zero, is_whole, resolve, resume_command
 
 TESTS = str(Path(__file__).parent)
-ENV = {"PYTHONPATH": TESTS}  # train.py imports test_faults.PauseAt from here
+# train.py imports test_faults.PauseAt from here (and ftlab from where this test's ftlab is)
+ENV = {"PYTHONPATH": os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)}
 
 # Two epochs of four steps; freeze=gradual unfreezes layer4.0 at epoch 1 (global step 4).
 COMMON = [
@@ -175,6 +176,25 @@ def test_sigterm_saves_exits_cleanly_and_resume_matches(tmp_path, reference, sta
 
 
 @pytest.mark.slow
+def test_ctrl_c_saves_records_interrupted_and_prints_the_resume_command(tmp_path):
+    """SIGINT (Ctrl-C) ends like SIGTERM, not as Lightning's bare KeyboardInterrupt."""
+    marker = tmp_path / "paused"
+    run_dir = tmp_path / "run"
+    proc = start(*COMMON, *pause(6, marker), run_dir=run_dir)
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("interrupted: SIGINT at global step 6 "), lines[0]
+    assert lines[0].endswith(f"resume=true hydra.run.dir={run_dir.resolve()}")
+    stopped = read_metrics(run_dir)
+    assert stopped["status"] == "interrupted" and stopped["reason"] == "SIGINT"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+@pytest.mark.slow
 def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path, reference):
     marker = tmp_path / "paused"
     run_dir = tmp_path / "run"
@@ -228,6 +248,56 @@ def test_nan_or_inf_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint
     assert ckpt["global_step"] < metrics["global_step"]
     weights = [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
     assert all(torch.isfinite(v).all() for v in weights)
+
+
+class PoisonBuffer(L.Callback):
+    """Test hook: after global step ``step`` a BatchNorm's running_var becomes inf (as an
+    overflowed update leaves it) while the training loss, on batch statistics, stays finite."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            bn = next(m for m in pl_module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("inf"))
+
+
+class PoisonValidation(L.Callback):
+    """Test hook: the inputs of the first validation during fit become nan."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            batch[0].fill_(float("nan"))
+
+
+POISONED = {
+    "BatchNorm running_var": (
+        ["+callbacks.poison._target_=test_faults.PoisonBuffer", "+callbacks.poison.step=2"],
+        r"error: buffer \S*running_var is inf at global step \d+ ",
+    ),
+    "validation loss": (
+        ["+callbacks.poison._target_=test_faults.PoisonValidation"],
+        r"error: validation loss is nan at global step 4 \(epoch 0, ",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, line", POISONED.values(), ids=POISONED)
+def test_a_poisoned_state_is_never_saved_nor_pointed_at(tmp_path, overrides, line):
+    every = ["callbacks.last_checkpoint.every_n_train_steps=1", "freeze=none"]
+    done = run_cli("train.py", *COMMON, *every, *overrides, run_dir=tmp_path, env=ENV)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert re.match(line, lines[0]), lines[0]
+    assert read_metrics(tmp_path)["status"] == "failed"
+    saved = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
+    for path in saved:  # whatever was saved, and what the line points at, is finite
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+    assert not any(p.name.startswith("best") for p in saved)  # no validation was finite
 
 
 @pytest.mark.slow
@@ -344,6 +414,18 @@ def test_a_torn_checkpoint_is_never_resumed_from(tmp_path):
         assert not is_whole(last), cut
         with pytest.raises(FtlabError, match=r"last\.ckpt is not a whole checkpoint"):
             resolve(torn, True, None)
+
+
+def test_a_torn_newest_checkpoint_falls_back_to_the_previous_whole_one(tmp_path):
+    run_dir = holding(tmp_path, "checkpoints/best-epoch000.ckpt", "checkpoints/last.ckpt")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:-30])  # torn, and the newest
+    run = resolve(run_dir, True, None)
+    assert run.ckpt_path == str(run_dir / "checkpoints" / "best-epoch000.ckpt")
+    assert run.note == (
+        f"resume=true: {last} is not a whole checkpoint (cut short mid-write); resuming from "
+        f"the previous whole one, {run.ckpt_path}"
+    )
 
 
 # (files in the run directory, resume, ckpt_path) -> the error

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import signal
@@ -340,6 +341,11 @@ def test_sigterm_before_training_ends_interrupted_and_resume_starts_again(
     assert read_metrics(run_dir)["status"] == "completed"
 
 
+def csv_steps(run_dir: Path) -> list[float]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return [float(row["step"]) for row in csv.DictReader(file)]
+
+
 # --- SIGTERM under DDP -----------------------------------------------------------------------
 
 # Two CPU ranks; the ranks agree on a SIGTERM every 2 steps (faults.check_every).
@@ -362,15 +368,20 @@ def test_sigterm_to_a_ddp_run_stops_every_rank_at_one_step_and_resume_continues(
 
     assert proc.returncode == 143, err[-3000:]
     stops = [x for x in err.splitlines() if x.startswith("interrupted: ")]
-    assert len(stops) == 2, err[-3000:]  # one line per rank, both at the first check (step 6)
+    assert len(stops) == 1, err[-3000:]  # printed by rank 0 only; both stop at step 6
     assert all(x.startswith("interrupted: SIGTERM at global step 6 ") for x in stops), stops
     assert out.count("SIGTERM: state at global step 6 saved to") == 2
     assert "collective mismatch" not in err
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6
 
+    logged = csv_steps(run_dir)
     resumed = run_cli("train.py", *DDP, "resume=true", run_dir=run_dir, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = csv_steps(run_dir)
+    assert min(logged) == 0 and after[: len(logged)] == logged  # steps 0.. kept, not deleted
+    assert len(after) > len(logged)
+    assert "will be deleted" not in (run_dir / "train.log").read_text()
     metrics = read_metrics(run_dir)
     assert len(set(metrics["rank_checksums"])) == 1 and len(metrics["rank_checksums"]) == 2
     assert_same_run(run_dir, reference)

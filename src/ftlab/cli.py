@@ -27,9 +27,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import InterpolationValidationError
 
-from ftlab import trainer_keys
+from ftlab import override_checks, trainer_keys
 from ftlab.config_checks import check_config
-from ftlab.errors import FtlabError, RunInterrupted
+from ftlab.errors import FtlabError, RunCompleted, RunInterrupted
 from ftlab.options import conf_dir
 
 trainer_keys.register()  # trainer/lightning: every lightning.Trainer keyword, before any compose
@@ -152,12 +152,23 @@ class RunDirGuard(Callback):
     (ftlab.rundir)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from ftlab.run_record import start_record
         from ftlab.rundir import claim
 
         if config.get("plan"):
             return  # plan=true only prints the plan and writes schedule.yaml
+        # What the run is started with: a resume must match the run's record of it.
+        started = start_record(config_values(config), dict(config.hydra.runtime.choices))
         try:
-            claim(Path(config.hydra.run.dir), bool(config.get("resume")), config.get("ckpt_path"))
+            claim(
+                Path(config.hydra.run.dir),
+                bool(config.get("resume")),
+                config.get("ckpt_path"),
+                started=started,
+            )
+        except RunCompleted as done:  # read-only for a resume: say so, and succeed
+            say(str(done))
+            sys.exit(0)
         except FtlabError as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -176,10 +187,16 @@ def _run(task: str, cfg: DictConfig) -> Any:
         check_config(config_values(cfg))  # before importing the task: no torch for a bad number
         func: Callable[[DictConfig], Any] = getattr(import_module(module_name), func_name)
         return func(cfg)
+    except RunCompleted as done:  # a sweep's job resumed after it completed: its value
+        say(str(done))
+        return done.value
     except RunInterrupted as exc:
         # Not a failure of this job: the state is saved. A sweep stops too (SystemExit passes
         # Hydra's launcher), since the signal was meant for the whole process.
-        say(f"interrupted: {one_line(str(exc))}")
+        from ftlab.rundir import is_global_zero
+
+        if is_global_zero():  # one line for the run, not one per DDP rank
+            say(f"interrupted: {one_line(str(exc))}")
         sys.exit(exc.exit_code)
     except Exception as exc:
         message = user_error(exc)
@@ -196,6 +213,7 @@ def _main(config_name: str, task: str) -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     try:  # a misspelled trainer.<key>: one line naming the closest keyword, not Hydra's four
         trainer_keys.check_overrides(sys.argv[1:])
+        override_checks.check_overrides(conf_dir(), config_name, sys.argv[1:])  # other groups
     except FtlabError as err:
         say(f"error: {err}")
         sys.exit(USER_ERROR_EXIT)

@@ -7,6 +7,7 @@ negative CPU count with a TypeError; these checks say which key to change instea
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,9 @@ import torch
 from ftlab.errors import FtlabError
 
 GPU_NAMES = ("gpu", "cuda")
+# Accelerators Lightning runs only with a package of their own (its error is a traceback
+# naming a version requirement, from inside the Trainer's construction).
+NEEDS_PACKAGE = {"tpu": "torch_xla", "hpu": "habana_frameworks"}
 
 
 def cpu_cores() -> int:
@@ -39,6 +43,21 @@ def check_devices(trainer: Mapping[str, Any]) -> None:
         raise FtlabError(
             "trainer.accelerator=mps but Apple's MPS is not available here: "
             "use trainer.accelerator=cpu"
+        )
+    for name, package in NEEDS_PACKAGE.items():
+        if accelerator == name and importlib.util.find_spec(package) is None:
+            raise FtlabError(
+                f"trainer.accelerator={accelerator} needs the {package} package, which is not "
+                "installed here: use trainer.accelerator=cpu (or gpu on a CUDA machine)"
+            )
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not gpus)
+    precision = str(trainer.get("precision", "32-true"))
+    if on_cpu and precision in ("16-mixed", "16"):
+        # Lightning silently runs bf16-mixed instead (float16 autocast is for GPUs), and the
+        # record would still say 16-mixed.
+        raise FtlabError(
+            f"trainer.precision={precision} on the CPU: Lightning would run bf16-mixed instead "
+            "(float16 autocast is for GPUs); set trainer.precision=bf16-mixed or 32-true"
         )
     if accelerator in GPU_NAMES or (accelerator == "auto" and gpus):
         _check_count(accelerator, devices, gpus, "GPU")

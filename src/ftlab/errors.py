@@ -21,3 +21,15 @@ class RunInterrupted(Exception):
     def __init__(self, message: str, exit_code: int = 143) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RunCompleted(FtlabError):
+    """``resume=true`` on a run that completed: nothing to do, and nothing of it is rewritten.
+
+    The CLI prints the message as one line and exits 0; a sweep's job returns ``value``, the
+    optimized metric the run recorded.
+    """
+
+    def __init__(self, message: str, value: float | None = None) -> None:
+        super().__init__(message)
+        self.value = value

@@ -1,4 +1,5 @@
-"""Faults during training: a preemption (SIGTERM) and a loss that is no longer finite.
+"""Faults during training: a preemption (SIGTERM), Ctrl-C (SIGINT, handled the same way: the
+state saved, ``interrupted``, exit 130, the resume command) and a loss that is no longer finite.
 
 SIGTERM: ftlab's handler (``on_sigterm``, in place of Lightning's, see ``Signals``) flags it
 and passes it on to the DDP children this process started. ``FaultGuard`` acts on it at the
@@ -37,12 +38,14 @@ checkpoint so that a kill at any moment leaves the file whole or absent, never t
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ftlab.csv_log import drop_after
 from ftlab.errors import FtlabError, RunInterrupted
 from ftlab.finetuning.plan import Plan
 from ftlab.outputs import write_json
@@ -96,11 +100,23 @@ class FaultGuard(L.Callback):
         self.first_bad: torch.Tensor | None = None
         self.unchecked = 0  # losses since the last check: the same count on every rank
         self.checked_step = 0  # the global step of the last periodic check
+        self.buffers: list[str] = []  # floating buffers finite at setup, checked at each save
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Before Lightning installs its SIGTERM handler (Trainer._run): ftlab's replaces it.
         if type(getattr(trainer, "_signal_connector", None)) is _SignalConnector:
             trainer._signal_connector = Signals(trainer)
+        # The floating buffers that are finite now (once, at setup): each save checks them.
+        # Some models keep -inf mask buffers on purpose; those are left out.
+        floating = [(n, b) for n, b in pl_module.named_buffers() if b.is_floating_point()]
+        if floating:
+            ok = torch.stack([torch.isfinite(b).all() for _, b in floating]).tolist()
+            self.buffers = [n for (n, _), good in zip(floating, ok, strict=True) if good]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resumed run continues its CSV log from the step it resumes at (ftlab.csv_log).
+        if trainer.ckpt_path and trainer.is_global_zero:
+            drop_after(trainer.loggers, trainer.global_step)
 
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
@@ -124,15 +140,21 @@ class FaultGuard(L.Callback):
         # buffers on purpose. One host sync for all of them.
         if self.unchecked:
             self._check(trainer)
-        trainable = [(n, p.detach()) for n, p in pl_module.named_parameters() if p.requires_grad]
-        if not trainable:
+        # Buffers too: an overflowed update leaves BatchNorm's running_var inf while the loss
+        # (batch statistics) stays finite. Only those finite at the start (self.buffers).
+        named = dict(pl_module.named_buffers())
+        tensors = [
+            ("weight", n, p.detach()) for n, p in pl_module.named_parameters() if p.requires_grad
+        ]
+        tensors += [("buffer", n, named[n].detach()) for n in self.buffers if n in named]
+        if not tensors:
             return
-        finite = torch.stack([torch.isfinite(p).all() for _, p in trainable])
+        finite = torch.stack([torch.isfinite(t).all() for *_, t in tensors])
         if not bool(finite.all()):
-            name, param = next(
-                t for t, ok in zip(trainable, finite.tolist(), strict=True) if not ok
+            what, name, value = next(
+                t for t, ok in zip(tensors, finite.tolist(), strict=True) if not ok
             )
-            raise self._diverged(trainer, f"weight {name} is {_kind(param)}")
+            raise self._diverged(trainer, f"{what} {name} is {_kind(value)}")
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.unchecked:  # no validation (nor best checkpoint) of weights a nan has reached
@@ -143,6 +165,11 @@ class FaultGuard(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._hold(trainer)
+        # Before ModelCheckpoint's hook (Lightning runs checkpoint callbacks last): a
+        # validation whose loss is not finite is never saved as best, and training stops.
+        loss = trainer.callback_metrics.get("val/loss") if trainer.state.fn == "fit" else None
+        if loss is not None and not bool(torch.isfinite(loss).all()):  # one read a validation
+            raise self._diverged(trainer, f"validation loss is {_kind(loss)}")
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         # Lightning would stop this rank alone at the end of the batch: the flag moves here.
@@ -216,7 +243,12 @@ class FaultGuard(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.last)
         self.saved = True
-        log.info("SIGTERM: state at global step %d saved to %s", trainer.global_step, self.last)
+        log.info(
+            "%s: state at global step %d saved to %s",
+            signal_name(),
+            trainer.global_step,
+            self.last,
+        )
 
     def _diverged(self, trainer: L.Trainer, what: str, step: int | None = None) -> TrainingDiverged:
         phase = self.plan.phase_at(trainer.current_epoch)
@@ -277,7 +309,7 @@ def recorded(trainer: L.Trainer, run_dir: Path, started: dict[str, Any]) -> Iter
         command = resume_command(run_dir)
         record = {
             "status": "interrupted",
-            "reason": "SIGTERM",
+            "reason": signal_name(),
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "checkpoint": str(last) if last.is_file() else None,
@@ -288,9 +320,19 @@ def recorded(trainer: L.Trainer, run_dir: Path, started: dict[str, Any]) -> Iter
             write_json(run_dir / "metrics.json", record)
         saved = f"state saved to {last}" if last.is_file() else "no state saved"
         raise RunInterrupted(
-            f"SIGTERM at global step {trainer.global_step} (epoch {trainer.current_epoch}); "
-            f"{saved}; continue with: {command}"
+            f"{signal_name()} at global step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}); {saved}; continue with: {command}",
+            exit_code=128 + _signum(),
         ) from None
+    except DiskFull as err:
+        if trainer.is_global_zero:
+            # A few hundred bytes: the disk usually has them, and the run's record needs them.
+            with suppress(OSError):
+                write_json(
+                    run_dir / "metrics.json",
+                    {"status": "failed", "error": str(err), "checkpoint": err.kept, **started},
+                )
+        raise
     except TrainingDiverged as err:
         if trainer.is_global_zero:
             write_json(
@@ -365,18 +407,37 @@ class LastCheckpoint(ModelCheckpoint):
 _listening: list[Signals] = []
 
 
+# The signals that stop a run with its state saved: a preemption and Ctrl-C alike.
+STOPPING = (signal.SIGTERM, signal.SIGINT)
+_received: list[int] = []  # the stopping signals this process got, in order
+
+
+def signal_name() -> str:
+    """The stopping signal this run got (SIGTERM when none was seen: Lightning's own flag)."""
+    return signal.Signals(_signum()).name
+
+
+def _signum() -> int:
+    return _received[0] if _received else int(signal.SIGTERM)
+
+
 def on_sigterm(signum: int, frame: Any) -> None:
-    """ftlab's SIGTERM handler, installed for the whole run (``preemptible``).
+    """ftlab's handler of SIGTERM and SIGINT (Ctrl-C), installed for the whole run
+    (``preemptible``). A second Ctrl-C gives up on saving: Python's KeyboardInterrupt.
 
     During fit it only sets a flag, which ``FaultGuard`` acts on at a batch end, every rank at
     the same step; DDP children started by this process get the signal too, as Lightning's
     handler does. Anywhere else it raises ``SIGTERMException`` at once.
     """
+    # (Rank 0 only: a terminal's Ctrl-C reaches DDP children directly and, forwarded, again.)
+    if signum == signal.SIGINT and signal.SIGINT in _received and is_global_zero():
+        raise KeyboardInterrupt  # Ctrl-C twice: stop now, unsaved
+    _received.append(signum)
     connector = _listening[-1] if _listening else None
     if connector is None:
         raise SIGTERMException
     trainer = connector.trainer
-    log.info("SIGTERM received (rank %d)", trainer.global_rank)
+    log.info("%s received (rank %d)", signal.Signals(signum).name, trainer.global_rank)
     launcher = trainer.strategy.launcher
     if not connector.preempted and launcher is not None:
         launcher.kill(signum)
@@ -404,7 +465,8 @@ class Signals(_SignalConnector):
         super().register_signal_handlers()
         self.preempted = False
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_sigterm)
+            for signum in STOPPING:
+                signal.signal(signum, on_sigterm)
         _listening.append(self)
 
     def teardown(self) -> None:
@@ -425,7 +487,8 @@ def preemptible(run_dir: Path, started: dict[str, Any]) -> Iterator[None]:
     """
 
     main = threading.current_thread() is threading.main_thread()  # signals go to the main thread
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+    _received.clear()
+    previous = {s: signal.signal(s, on_sigterm) for s in STOPPING} if main else {}
     try:
         yield
     except SIGTERMException:
@@ -434,7 +497,7 @@ def preemptible(run_dir: Path, started: dict[str, Any]) -> Iterator[None]:
         command = resume_command(run_dir)
         record = {
             "status": "interrupted",
-            "reason": "SIGTERM",
+            "reason": signal_name(),
             "global_step": step,
             "checkpoint": str(last) if last.is_file() else None,
             "resume": command,
@@ -448,11 +511,53 @@ def preemptible(run_dir: Path, started: dict[str, Any]) -> Iterator[None]:
             else "nothing saved yet"
         )
         raise RunInterrupted(
-            f"SIGTERM outside the training loop; {where}; continue with: {command}"
+            f"{signal_name()} outside the training loop; {where}; continue with: {command}",
+            exit_code=128 + _signum(),
         ) from None
     finally:
         if main:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+class DiskFull(FtlabError):
+    """A checkpoint did not fit on its file system; the previous files stay whole (atomic)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        last = path.parent / LAST.name
+        kept = [p for p in (path, last) if p.is_file()]
+        self.kept = str(kept[0]) if kept else None
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        what = (
+            f"{self.kept} (global step {_step_of(kept[0])}) is kept whole"
+            if kept
+            else ("no earlier checkpoint is kept")
+        )
+        super().__init__(
+            f"no space left on the device writing {path} ({_size(free)} free in {path.parent}): "
+            f"{what}; free some space (or set paths.output_dir elsewhere) and continue with "
+            "resume=true"
+        )
+
+
+def _disk_full(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen) or "unexpected pos" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -481,8 +586,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, path)
-        except BaseException:
+        except BaseException as err:
             partial.unlink(missing_ok=True)
+            if _disk_full(err):  # torch reports it as "unexpected pos", with ENOSPC inside
+                raise DiskFull(path) from None
             raise
         directory = os.open(path.parent, os.O_RDONLY)
         try:

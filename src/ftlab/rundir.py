@@ -22,7 +22,9 @@ ranks with the same ``hydra.run.dir``. Nothing here imports torch, so a refusal 
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import json
 import logging
 import os
 import shlex
@@ -34,7 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftlab.errors import FtlabError
+from ftlab.errors import FtlabError, RunCompleted
+from ftlab.run_record import check_resume_matches, write_record
 
 log = logging.getLogger("ftlab")
 
@@ -44,6 +47,8 @@ LAST = Path("checkpoints") / "last.ckpt"  # also where a SIGTERM'd run saves (ft
 # Locks this process holds, by resolved run directory: the Hydra callback takes the lock and
 # train() in the same process finds it here (a second flock of the same file would fail).
 _held: dict[Path, int] = {}
+# Run directories whose newest checkpoint was torn: (that file, the one resumed instead).
+_torn: dict[Path, tuple[Path, Path]] = {}
 # The overrides each claimed run was started with, for the command that resumes it.
 _overrides: dict[Path, list[str]] = {}
 
@@ -81,18 +86,40 @@ def slurm_requeued(run_dir: Path) -> bool:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``."""
+    """The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``.
+
+    A newest file that is not whole (a writer that is not atomic, killed mid-write) falls back
+    to the newest whole one among them and the run's other checkpoints (``best-*.ckpt`` hold
+    the full state too); :func:`fallback_note` says so. None whole at all: refused.
+    """
     found = [p for p in [run_dir / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
     if not found:
         return None
     newest = max(found, key=lambda p: p.stat().st_mtime_ns)
-    if not is_whole(newest):
+    if is_whole(newest):
+        return newest
+    others = {*found, *(run_dir / "checkpoints").glob("*.ckpt")} - {newest}
+    whole = [p for p in others if p.is_file() and is_whole(p)]
+    if not whole:
         raise FtlabError(
             f"resume=true: {newest} is not a whole checkpoint (it ends before its archive's "
-            "directory: written by a process killed mid-write, or the disk was full); move it "
-            "away to resume from an older one, or to start the run again"
+            "directory: written by a process killed mid-write, or the disk was full), and no "
+            "other whole checkpoint is in the run; move it away to start the run again"
         )
-    return newest
+    previous = max(whole, key=lambda p: p.stat().st_mtime_ns)
+    _torn[run_dir] = (newest, previous)
+    return previous
+
+
+def fallback_note(run_dir: Path) -> str | None:
+    """The line a resume that skipped a torn newest checkpoint logs (None: it did not)."""
+    if run_dir not in _torn:
+        return None
+    torn, previous = _torn[run_dir]
+    return (
+        f"resume=true: {torn} is not a whole checkpoint (cut short mid-write); resuming from "
+        f"the previous whole one, {previous}"
+    )
 
 
 def is_whole(path: Path) -> bool:
@@ -148,9 +175,10 @@ def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = Tr
             raise _taken(run_dir, evidence)
         return RunDir(run_dir, str(ckpt_path))
     if resume or slurm_requeued(run_dir):
+        completed(run_dir)
         latest = latest_checkpoint(run_dir)
         if latest is not None:
-            return RunDir(run_dir, str(latest))
+            return RunDir(run_dir, str(latest), note=fallback_note(run_dir))
         # Stopped before its first checkpoint (a requeued job sets resume by itself): start it
         # again, and say so, since a mistyped hydra.run.dir lands here too.
         note = (
@@ -163,6 +191,25 @@ def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = Tr
     return RunDir(run_dir)
 
 
+def completed(run_dir: Path) -> None:
+    """Raise :class:`RunCompleted` if the run in ``run_dir`` completed: it is read-only for a
+    resume, which would re-run its test and rewrite its records."""
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return
+    if not isinstance(metrics, dict) or metrics.get("status") != "completed":
+        return
+    value = (metrics.get("optimized_metric") or {}).get("value")
+    shown = f" ({metrics['optimized_metric']['name']} {value})" if value is not None else ""
+    raise RunCompleted(
+        f"resume=true: the run in {run_dir} has completed{shown}; nothing to resume, and "
+        "nothing of it was changed (start another run with another hydra.run.dir)",
+        value,
+    )
+
+
 def _taken(run_dir: Path, evidence: list[str]) -> FtlabError:
     return FtlabError(
         f"hydra.run.dir={run_dir} already holds a run ({', '.join(evidence[:3])}): continue it "
@@ -172,9 +219,12 @@ def _taken(run_dir: Path, evidence: list[str]) -> FtlabError:
 
 def _lock(run_dir: Path) -> int:
     """Take ``<run_dir>/.lock`` without waiting; the open descriptor holds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's note stays
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's note stays
+    except OSError as err:  # before anything else is written or started
+        raise FtlabError(refused_path(run_dir, err)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -187,8 +237,53 @@ def _lock(run_dir: Path) -> int:
     return fd
 
 
-def claim(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = True) -> RunDir:
-    """Lock (global rank 0 only; once per process) and resolve ``run_dir``."""
+def refused_path(run_dir: Path, err: OSError) -> str:
+    """One line for a run directory the OS refuses to create or write, naming why."""
+    key = f"hydra.run.dir={run_dir}"
+    if err.errno == errno.ENAMETOOLONG:
+        longest = max(run_dir.parts, key=len)
+        limit = _name_max(run_dir)
+        if len(longest) > limit:
+            return (
+                f"{key}: the path component {longest[:40]}... is {len(longest)} characters, "
+                f"longer than this file system allows ({limit}): shorten it"
+            )
+        return f"{key} is {len(str(run_dir))} characters, longer than the OS allows: shorten it"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = Path(err.filename) if err.filename else run_dir
+        why = "is read-only" if err.errno == errno.EROFS else "is not writable by this user"
+        return (
+            f"{key}: {where} {why} ({os.strerror(err.errno)}): give hydra.run.dir a directory "
+            "you can write"
+        )
+    if err.errno == errno.ENOSPC:
+        return f"{key}: no space left on the device: free some, or give another hydra.run.dir"
+    return f"{key} cannot be created: {os.strerror(err.errno or 0)} ({err.filename or run_dir})"
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name allowed where ``path`` would be (255 on most file systems)."""
+    for parent in [path, *path.parents]:
+        try:
+            return os.pathconf(parent, "PC_NAME_MAX")
+        except (OSError, ValueError):  # not there yet (or itself too long): its parent
+            continue
+    return 255
+
+
+def claim(
+    run_dir: Path,
+    resume: bool,
+    ckpt_path: str | None,
+    check: bool = True,
+    started: dict | None = None,
+) -> RunDir:
+    """Lock (global rank 0 only; once per process) and resolve ``run_dir``.
+
+    ``started`` (ftlab.run_record.start_record of the composed config): a resume from a
+    checkpoint of this run must match the run's own record, and a run that starts here records
+    it. Every check comes before the first write.
+    """
     run_dir = run_dir.resolve()
     if not is_global_zero():
         return resolve(run_dir, resume, ckpt_path, check=False)
@@ -197,9 +292,16 @@ def claim(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = True
     fd = _lock(run_dir)
     try:
         run = resolve(run_dir, resume, ckpt_path, check)
+        continues = run.ckpt_path is not None and Path(run.ckpt_path).resolve().is_relative_to(
+            run_dir
+        )
+        if started is not None and continues:
+            check_resume_matches(run_dir, started)
     except BaseException:
         os.close(fd)
         raise
+    if started is not None and not continues:
+        write_record(run_dir, started)
     remove_partials(run_dir)  # no writer is alive: this process holds the lock
     # Written only once every check passed, so a refused run leaves the note as it was.
     os.ftruncate(fd, 0)

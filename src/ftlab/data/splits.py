@@ -65,12 +65,38 @@ def stratified_split(labels: np.ndarray, fractions: Fractions, seed: int) -> dic
         if fraction == 0:
             continue
         result[name] = np.sort(np.concatenate(parts[name]))
-        if len(result[name]) == 0:
-            raise FtlabError(
-                f"data.{name}_fraction={fraction} leaves the {name} split empty "
-                f"({len(labels)} samples in all): raise it"
-            )
+    for name, part in result.items():
+        if len(part) == 0:
+            raise FtlabError(too_small(name, labels, fractions))
     return result
+
+
+def too_small(split: str, labels: np.ndarray, fractions: Fractions) -> str:
+    """Why ``split`` came out empty, and the smallest data that works, stated once.
+
+    Raising a fraction is no general fix: each class gives a split round(n * fraction) of its n
+    samples, and on tiny data a larger val share empties test or train instead.
+    """
+    counts = np.unique(labels, return_counts=True)[1] if len(labels) else np.array([0])
+    need = smallest_class(fractions)
+    shares = f"data.val_fraction={fractions.val}, data.test_fraction={fractions.test}"
+    return (
+        f"the {split} split is empty: the data has {len(labels)} samples in {len(counts)} "
+        f"class(es), at most {int(counts.max())} in one, and each class gives val and test "
+        f"round(n * fraction) of its n samples; with {shares} the smallest data that works has "
+        f"a class of {need} samples: add data (or give val and test files of their own)"
+    )
+
+
+def smallest_class(fractions: Fractions) -> int:
+    """The fewest samples one class needs for non-empty train, val and test splits."""
+    for n in range(1, 100_000):
+        n_val, n_test = round(n * fractions.val), round(n * fractions.test)
+        val_ok = fractions.val == 0 or n_val >= 1
+        test_ok = fractions.test == 0 or n_test >= 1
+        if val_ok and test_ok and n - n_val - n_test >= 1:
+            return n
+    return 100_000
 
 
 def subsample(indices: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:

@@ -45,6 +45,7 @@ from safetensors.torch import load, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ftlab import lock_wait
 from ftlab.checkpoints import first_line
 from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FtlabError
@@ -482,13 +483,26 @@ def _one_job_computes(path: Path) -> Iterator[None]:
     lock = path.with_name(f"{path.name}.lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        started, logged = time.monotonic(), None
+        started, logged, dead = time.monotonic(), None, None
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 now = time.monotonic()
+                # A timeout, and a stale lock taken over (ftlab.lock_wait): a fresh file.
+                note = os.pread(fd, 200, 0).decode(errors="replace")
+                dead = (
+                    (now - started if dead is None else dead)
+                    if lock_wait.holder_dead(note)
+                    else None
+                )
+                if lock_wait.check_wait(lock, note, now - started, dead):
+                    log.info("%s's holder (%s) is gone: taking it over", lock, note)
+                    os.close(fd)
+                    lock.unlink(missing_ok=True)
+                    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+                    continue
                 if logged is None or now - logged >= LOG_EVERY_S:
                     holder = os.pread(fd, 200, 0).decode(errors="replace") or "another job"
                     log.info(

@@ -110,17 +110,19 @@ class FtlabOptunaSweeper(Sweeper):
         from ftlab.errors import FtlabError
         from ftlab.sweeps import optuna_search as search
         from ftlab.sweeps.plots import write_study_summary
+        from hydra_plugins.ftlab_sweeper.space_check import check_space_keys
 
         assert self.config is not None and self.launcher is not None
         # ftlab's own lines say what happens to the study; Optuna's INFO lines repeat them.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         s = self.settings
+        space = search.search_space(s.get("params") or {}, arguments)
+        check_space_keys([*space.keys.values(), *space.fixed_keys()], self.config)  # before writes
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         url = s["storage"] or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
         objectives, directions = self._objectives()
-        space = search.search_space(s.get("params") or {}, arguments)
         if len(objectives) > 1:  # each job optimizes (keeps the checkpoint of) the first one
             space.fixed = [o for k, o in space.fixed_keys().items() if k != "optimized_metric"]
         seeds = search.check_seeds(s["seeds"], space)
@@ -172,10 +174,9 @@ class FtlabOptunaSweeper(Sweeper):
         live one's for a grace period (ftlab.sweeps.optuna_search.recover), so the window in
         which a kill leaves it unnamed must be as short as one write."""
         from ftlab.sweeps import optuna_search as search
+        from hydra_plugins.ftlab_sweeper.named_ask import ask_named
 
-        trial = study.ask(space.distributions)
-        trial.set_user_attr("worker", search.worker_id())
-        return trial
+        return ask_named(study, space.distributions, search.worker_id())  # named as created
 
     def _run_trials(
         self,
