@@ -38,7 +38,7 @@ def test_weights_load_from_the_folder(tmp_path):
 
 
 def test_a_folder_without_config_is_refused(tmp_path):
-    with pytest.raises(FtlabError, match="model.weights=.*config.json"):
+    with pytest.raises(FtlabError, match=r"model\.weights=.*config\.json"):
         build_causal_backbone("x", weights=str(tmp_path))
 
 
