@@ -92,7 +92,7 @@ def test_gradual_on_bbc_topic_unfreezes_from_the_top(make_cfg, tmp_path, tiny):
 
 def test_a_classification_data_option_is_refused(make_cfg, tiny):
     cfg = make_cfg("+task=causal_lm", "model=smollm2", f"model.weights={tiny}", "data=digits")
-    with pytest.raises(FtlabError, match="data=chatterbot"):
+    with pytest.raises(FtlabError, match=r"data=chatterbot"):
         train(cfg)
 
 
@@ -118,3 +118,29 @@ def test_the_documented_command_runs(tmp_path, tiny):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "p_tuning"])
+def test_prompt_learning_trains_only_the_virtual_tokens(make_cfg, tmp_path, tiny, method):
+    cfg = make_cfg(
+        *TINY, f"model.weights={tiny}", "data=chatterbot", "freeze=peft",
+        f"freeze.method={method}", "+freeze.peft.num_virtual_tokens=4", "trainer.max_epochs=1",
+        "data.max_train_samples=8", "eval.generate.samples=1",
+    )  # fmt: skip
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["trainable_params"] == metrics["adapter"]["adapter_params"] > 0
+    assert metrics["trainable_params"] < 0.2 * metrics["total_params"]
+    from peft import AutoPeftModelForCausalLM
+
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "adapter"))
+    assert loaded.peft_config["default"].num_virtual_tokens == 4
+    assert loaded.peft_config["default"].task_type == "CAUSAL_LM"
+
+
+def test_prompt_learning_refuses_packing(make_cfg, tiny):
+    cfg = make_cfg(*TINY, f"model.weights={tiny}", "data=chatterbot", "data.packing=true",
+                   "freeze=peft", "freeze.method=prompt_tuning")  # fmt: skip
+    with pytest.raises(FtlabError, match=r"data\.packing=false"):
+        train(cfg)

@@ -102,11 +102,17 @@ class CausalLMBackbone(Backbone):
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         keys = ("input_ids", "attention_mask", "position_ids")
         kwargs = {k: inputs[k] for k in keys if k in inputs}
-        return self.model(**kwargs, use_cache=False).logits
+        logits = self.model(**kwargs, use_cache=False).logits
+        # peft's prompt tuning prepends virtual tokens: their logits predict nothing of ours.
+        return logits[:, -inputs["input_ids"].shape[1] :]
 
     def layer_groups(self) -> list[LayerGroup]:
         names = [n for n, _ in self.model.named_parameters()]
-        rules = CAUSAL_GROUP_RULES.get(self.model_type, _LLAMA)
+        # Under peft's prompt-learning wrapper the library model's names gain "base_model.".
+        rules = [
+            (r"^(?:base_model\.)?" + pattern.removeprefix("^"), template)
+            for pattern, template in CAUSAL_GROUP_RULES.get(self.model_type, _LLAMA)
+        ]
         return _make_groups(_by_rules(names, rules), MODEL_PREFIX)
 
     def set_grad_checkpointing(self) -> None:

@@ -86,6 +86,11 @@ def build(cfg: DictConfig) -> tuple[CausalLM, LMDataModule]:
         generate=evaluation,
         chat=bool(task.get("chat", False)),
     )
+    if module.prompt_learning and data.packing:
+        raise FtlabError(
+            f"data.packing=true with freeze.method={module.prompt_learning['method']}: peft's "
+            "virtual tokens go before each row, not each packed example; set data.packing=false"
+        )
     module.generation_examples = [e for e in data.raw["val"] if format_of(e) != "text"]
     return module, data
 
@@ -150,7 +155,8 @@ def train_causal_lm(cfg: DictConfig, run: RunDir) -> float | None:
             else []
         )
         adapter = None
-        if (module.record.lora or module.record.peft) and trainer.is_global_zero:
+        tuned = module.record.lora or module.record.peft or module.prompt_learning
+        if tuned and trainer.is_global_zero:
             trained = plan.trainable(last_phase or 0)
             adapter = save_lm_adapter(module, run_dir / "adapter", trained)
         after = module.perplexity(held_out) if held_out is not None else None

@@ -52,6 +52,28 @@ def _trained_base(module: Any, trained: set[str]) -> dict[str, Any]:
     }
 
 
+def _save_prompt(module: Any, out: Path, base: str) -> dict[str, Any]:
+    """A prompt-learning run: peft's own wrapper writes its virtual tokens."""
+    import json
+
+    peft_model = module.backbone.model
+    peft_model.save_pretrained(str(out))
+    path = out / "adapter_config.json"
+    saved = json.loads(path.read_text())
+    saved["base_model_name_or_path"] = base
+    path.write_text(json.dumps(saved, indent=2))
+    return {
+        "method": module.prompt_learning["method"],
+        "adapter_params": sum(
+            p.numel() for n, p in peft_model.named_parameters() if "prompt_encoder." in n
+        ),
+        "adapter_bytes": (out / ADAPTER_FILE).stat().st_size,
+        "adapter_dir": str(out),
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+    }
+
+
 def save_lm_adapter(
     module: Any, out: Path, trained: set[str] | None = None, base: str | None = None
 ) -> dict[str, Any]:
@@ -64,6 +86,8 @@ def save_lm_adapter(
 
         base = str(smollm2_dir())
     base = base or (label.removeprefix("file:") if label.startswith("file:") else backbone.name)
+    if getattr(module, "prompt_learning", None):
+        return _save_prompt(module, out, base)
     config = adapter_config(module)
     extra = _trained_base(module, trained or set())
     # peft keeps trained base modules as modules_to_save: saved whole beside the adapter and

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ftlab.finetuning.plan import LORA
 from ftlab.finetuning.spec import FreezeSpec
 from ftlab.lm.formats import IGNORE, prompt_ids, reference
 from ftlab.lm.packing import model_inputs, token_losses
+from ftlab.lm.prompt_learning import PROMPT_PARAM, is_prompt_method, wrap
 from ftlab.lm.scoring import exact_match, rouge_l
 from ftlab.module import FinetuneModule
 
@@ -58,7 +60,14 @@ class CausalLM(FinetuneModule):
         chat: bool = False,
         **ignored: Any,  # num_classes, classes: the classification data contract
     ) -> None:
-        super().__init__(backbone, 1, freeze, optimization, classes=["text"])
+        spec = FreezeSpec.parse(freeze) if freeze is not None else None
+        self.prompt_learning: dict[str, Any] | None = None
+        if spec is not None and is_prompt_method(spec.peft):
+            # peft's wrapper, not an in-place adapter; the virtual tokens are all that trains:
+            # the plan's head group (see layer_groups), a one-phase head-only plan.
+            self.prompt_learning = wrap(backbone, spec.peft)
+            spec = replace(spec, name="linear_probe", peft=None)
+        super().__init__(backbone, 1, spec, optimization, classes=["text"])
         settings = dict(generate or {})
         self.max_new_tokens = int(settings.get("max_new_tokens", 16))
         self.samples = int(settings.get("samples", 8))
@@ -85,6 +94,10 @@ class CausalLM(FinetuneModule):
             (g.name, tuple(f"backbone.{p}" for p in g.param_names))
             for g in self.backbone.layer_groups()
         ]
+        if self.prompt_learning is not None:
+            prompt = tuple(p for _, names in groups for p in names if PROMPT_PARAM in p)
+            groups = [(g, tuple(p for p in ps if PROMPT_PARAM not in p)) for g, ps in groups]
+            return [*((g, ps) for g, ps in groups if ps), (HEAD, prompt)]
         adapters = tuple(p for _, names in groups for p in names if is_adapter_param(p))
         groups = [(g, tuple(p for p in ps if not is_adapter_param(p))) for g, ps in groups]
         *body, (_, final) = groups
@@ -157,7 +170,10 @@ class CausalLM(FinetuneModule):
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
-        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        # With peft's virtual tokens generate may return the new tokens alone.
+        n = ids.shape[1]
+        echoed = out.shape[1] > n and torch.equal(out[0, :n], ids[0])
+        return tok.decode(out[0, n:] if echoed else out[0], skip_special_tokens=True)
 
     def generate_and_score(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """Greedy generations of ``examples`` scored against their answers; the samples are
