@@ -14,7 +14,7 @@ from tests.conftest import run_cli
 from tests.lm_tiny import tiny_causal_dir
 
 TINY = [
-    "+task=causal_lm",
+    "task=causal_lm",
     "model=smollm2",
     "data.max_train_samples=24",
     "data.max_eval_samples=4",
@@ -91,7 +91,7 @@ def test_gradual_on_bbc_topic_unfreezes_from_the_top(make_cfg, tmp_path, tiny):
 
 
 def test_a_classification_data_option_is_refused(make_cfg, tiny):
-    cfg = make_cfg("+task=causal_lm", "model=smollm2", f"model.weights={tiny}", "data=digits")
+    cfg = make_cfg("task=causal_lm", "model=smollm2", f"model.weights={tiny}", "data=digits")
     with pytest.raises(FtlabError, match=r"data=chatterbot"):
         train(cfg)
 

@@ -43,7 +43,7 @@ def test_the_regression_split_spans_the_range_of_values() -> None:
 
 
 def test_tasks_refuse_bad_options_and_other_targets_in_one_line() -> None:
-    assert TASKS.names() == ["classification", "multilabel", "regression"]
+    assert TASKS.names() == ["causal_lm", "classification", "multilabel", "regression"]
     with pytest.raises(FtlabError, match="did you mean task=regression"):
         build_task("regresion")
     with pytest.raises(FtlabError, match=r"task\.loss=l1 is not a regression loss"):

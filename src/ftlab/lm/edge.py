@@ -33,6 +33,7 @@ from ftlab.lm.formats import encode_text, format_of
 from ftlab.lm.module import CausalLM
 from ftlab.lm.packing import Collate
 from ftlab.lm.sources import held_out_text
+from ftlab.lm.task import CausalLMTask
 from ftlab.loggers import finish, log_settings
 from ftlab.outputs import strip_prefix, write_json
 from ftlab.progress import progress_callbacks, quiet_lightning
@@ -40,17 +41,11 @@ from ftlab.rundir import RunDir
 
 log = logging.getLogger("ftlab")
 SAFE = {"weights_only": True}
-TASK_KEYS = {"name", "loss_on", "chat"}
 
 
-def task_settings(cfg: DictConfig) -> dict[str, Any]:
-    task = compose.plain(cfg.get("task")) or {}
-    unknown = set(task) - TASK_KEYS
-    if unknown:
-        raise FtlabError(
-            f"task.{sorted(unknown)[0]} is not a causal_lm key: use {sorted(TASK_KEYS)}"
-        )
-    return task
+def task_settings(cfg: DictConfig) -> CausalLMTask:
+    """The ``task`` group through the task registry (its options checked there)."""
+    return compose.task(cfg)  # type: ignore[return-value]
 
 
 def build(cfg: DictConfig) -> tuple[CausalLM, LMDataModule]:
@@ -71,8 +66,8 @@ def build(cfg: DictConfig) -> tuple[CausalLM, LMDataModule]:
     try:
         data = LMDataModule(
             tokenizer=backbone.tokenizer,
-            loss_on=task.get("loss_on", "auto"),
-            chat=bool(task.get("chat", False)),
+            loss_on=task.loss_on,
+            chat=task.chat,
             **options,
         )
     except TypeError as err:
@@ -84,7 +79,7 @@ def build(cfg: DictConfig) -> tuple[CausalLM, LMDataModule]:
         freeze=FreezeSpec.parse(compose.plain(cfg.freeze)),
         optimization=compose.optimization(cfg),
         generate=evaluation,
-        chat=bool(task.get("chat", False)),
+        chat=task.chat,
     )
     if module.prompt_learning and data.packing:
         raise FtlabError(

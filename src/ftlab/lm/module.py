@@ -106,6 +106,19 @@ class CausalLM(FinetuneModule):
     def report(self) -> dict[str, Any]:
         return {"generations": self.generations[: self.samples]}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # Plain values for ftlab-generate (ftlab.lm.generate reads them back strictly).
+        record = self.record
+        checkpoint["ftlab_lm"] = {
+            "name": self.backbone.name,
+            "weights": record.backbone.weights if record else None,
+            "lora": record.lora if record else None,
+            "peft": record.peft if record else None,
+            "prompt_learning": self.prompt_learning,
+            "chat": self.chat,
+        }
+
     # -- steps ------------------------------------------------------------------------------
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -158,8 +171,8 @@ class CausalLM(FinetuneModule):
     # -- generation -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate_text(self, prompt: Sequence[int]) -> str:
-        """Greedy continuation of ``prompt`` (token ids), decoded without special tokens."""
+    def generate_ids(self, prompt: Sequence[int]) -> list[int]:
+        """Greedy continuation of ``prompt`` (token ids): the new tokens' ids."""
         tok = self.backbone.tokenizer
         ids = torch.tensor([list(prompt)], device=self.device)
         out = self.backbone.model.generate(
@@ -173,7 +186,11 @@ class CausalLM(FinetuneModule):
         # With peft's virtual tokens generate may return the new tokens alone.
         n = ids.shape[1]
         echoed = out.shape[1] > n and torch.equal(out[0, :n], ids[0])
-        return tok.decode(out[0, n:] if echoed else out[0], skip_special_tokens=True)
+        return (out[0, n:] if echoed else out[0]).tolist()
+
+    def generate_text(self, prompt: Sequence[int]) -> str:
+        """Greedy continuation of ``prompt``, decoded without special tokens."""
+        return self.backbone.tokenizer.decode(self.generate_ids(prompt), skip_special_tokens=True)
 
     def generate_and_score(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """Greedy generations of ``examples`` scored against their answers; the samples are

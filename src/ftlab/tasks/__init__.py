@@ -17,6 +17,7 @@ TASKS: Registry[Any] = Registry("task", key="task")
 TASKS.register("classification", "ftlab.tasks.classification:Classification")
 TASKS.register("multilabel", "ftlab.tasks.multilabel:Multilabel")
 TASKS.register("regression", "ftlab.tasks.regression:Regression")
+TASKS.register("causal_lm", "ftlab.lm.task:CausalLMTask")  # ftlab.lm (issue 23)
 
 
 def build_task(config: Mapping[str, Any] | str | None) -> Any:
