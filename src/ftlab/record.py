@@ -74,6 +74,9 @@ class ModelRecord:
     peft: dict[str, Any] | None = None
     peft_merged: dict[str, Any] | None = None  # an export's peft adapters, folded in
     module: str = "classifier"
+    # What the model learns (ftlab.tasks): {name, options}; checkpoints written before tasks
+    # existed read as classification: the format stays 1.
+    task: dict[str, Any] = field(default_factory=lambda: {"name": "classification", "options": {}})
     format: int = FORMAT
 
     @property
@@ -99,7 +102,17 @@ def parse_record(meta: Any, where: str) -> ModelRecord:
     known = (
         ("model", *common)
         if legacy
-        else ("backbone", *common, "head", "lora_merged", "peft", "peft_merged", "module", "format")
+        else (
+            "backbone",
+            *common,
+            "head",
+            "lora_merged",
+            "peft",
+            "peft_merged",
+            "module",
+            "task",
+            "format",
+        )
     )
     _known_keys(meta, known, where, "ftlab")
     if not legacy and meta["format"] != FORMAT:
@@ -126,7 +139,29 @@ def parse_record(meta: Any, where: str) -> ModelRecord:
         peft=parse_peft(meta.get("peft"), where),
         peft_merged=parse_peft(meta.get("peft_merged"), where, "ftlab.peft_merged"),
         module=module,
+        task=parse_task(meta.get("task"), where),
     )
+
+
+def parse_task(task: Any, where: str, at: str = "ftlab.task") -> dict[str, Any]:
+    """The record's task ``{name, options}``: a registered name (ftlab.tasks) and plain
+    scalar options; absent (older checkpoints): classification."""
+    if task is None:
+        return {"name": "classification", "options": {}}
+    from ftlab.tasks import TASKS  # the table of names only; nothing is imported from a file
+
+    if not isinstance(task, Mapping):
+        raise FtlabError(f"{where}: {at} must be a mapping {{name, options}}")
+    _known_keys(task, ("name", "options"), where, at)
+    name, options = task.get("name"), task.get("options") or {}
+    if name not in TASKS:
+        raise FtlabError(f"{where}: {at}.name={name!r} is not a task ftlab knows: {TASKS.names()}")
+    if not isinstance(options, Mapping) or not all(
+        OPTION_KEY.fullmatch(str(k)) and (v is None or isinstance(v, bool | int | float | str))
+        for k, v in options.items()
+    ):
+        raise FtlabError(f"{where}: {at}.options must map names to plain numbers, flags or words")
+    return {"name": name, "options": dict(options)}
 
 
 def _backbone(model: Any, where: str, legacy: bool) -> BackboneRecord:

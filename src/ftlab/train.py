@@ -43,7 +43,7 @@ def train(cfg: DictConfig) -> float | None:
     """One run in ``cfg.paths.output_dir``, locked for its lifetime (ftlab.rundir)."""
     identity = {"model": {"name": cfg.model.name}, "seed": cfg.seed}
     if cfg.get("plan"):  # print the plan, write schedule.yaml: no run directory to claim
-        return _train(cfg, RunDir(Path(cfg.paths.output_dir).resolve()))
+        return _run(cfg, RunDir(Path(cfg.paths.output_dir).resolve()))
     claimed = claim_run_dir(
         Path(cfg.paths.output_dir),
         resume=bool(cfg.get("resume")),
@@ -53,7 +53,15 @@ def train(cfg: DictConfig) -> float | None:
     )
     # A SIGTERM before or between Lightning's loops ends as interrupted too (ftlab.faults).
     with claimed as run, preemptible(run.path, identity):
-        return _train(cfg, run)
+        return _run(cfg, run)
+
+
+def _run(cfg: DictConfig, run: RunDir) -> float | None:
+    if (cfg.get("task") or {}).get("name") == "causal_lm":  # issue 23, until the task seam
+        from ftlab.lm.edge import train_causal_lm
+
+        return train_causal_lm(cfg, run)
+    return _train(cfg, run)
 
 
 def _train(cfg: DictConfig, run: RunDir) -> float | None:

@@ -70,6 +70,11 @@ class ClassificationDataModule(L.LightningDataModule):
         # kept for inspection and tests.
         self.split_indices: dict[str, np.ndarray] = {}
         self._splits: Splits | None = None
+        # How one source is split by fraction: the run's task sets it (ftlab.tasks; compose),
+        # per class by default. The data layer knows no task: it calls what it was given.
+        self.splitter: Callable[[np.ndarray, Fractions, int], dict[str, np.ndarray]] = (
+            stratified_split
+        )
 
     # -- to implement -------------------------------------------------------------------------
 
@@ -144,9 +149,11 @@ class ClassificationDataModule(L.LightningDataModule):
         fractions: Fractions,
         make: Callable[[str, np.ndarray], Dataset],
     ) -> dict[str, Dataset]:
-        """Split one source (stratified, ``max_train_samples`` applied to train) and make each
-        part's data set with ``make(split_name, indices)``; parts with fraction 0 are left out."""
-        parts = stratified_split(labels, fractions, self.split_seed)
+        """Split one source (by :attr:`splitter`: stratified per class unless the task says
+        otherwise; ``max_train_samples`` applied to train) and make each part's data set with
+        ``make(split_name, indices)``; parts with fraction 0 are left out. ``labels`` are the
+        targets: ``[N]`` class indices, ``[N, C]`` multi-hot labels or float values."""
+        parts = self.splitter(labels, fractions, self.split_seed)
         parts["train"] = self._subsample(parts["train"])
         self.split_indices = parts
         return {name: make(name, idx) for name, idx in parts.items()}

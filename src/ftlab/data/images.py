@@ -122,7 +122,12 @@ class ImageDataModule(ClassificationDataModule):
         """A :class:`TensorImageDataset` of the rows ``indices`` of ``images [N, 1, h, w]``."""
         return TensorImageDataset(
             torch.from_numpy(images[indices]),
-            torch.from_numpy(labels[indices].astype(np.int64)),
+            # class indices as int64; multi-hot labels and regression values stay float32
+            torch.from_numpy(
+                labels[indices].astype(
+                    np.float32 if np.issubdtype(labels.dtype, np.floating) else np.int64
+                )
+            ),
             max_value,
             self.spec,
         )

@@ -162,3 +162,28 @@ class FashionMNISTDataModule(ImageDataModule):
             test=self._tensor_dataset(test_images, test_labels, test_idx, 255.0),
             classes=list(FASHION_CLASSES),
         )
+
+
+# The digits' three binary labels (the multi-label newcomer's case): even, above 4, prime.
+DIGIT_LABELS = ["even", "gt4", "prime"]
+_PRIMES = (2, 3, 5, 7)
+
+
+class DigitsMultilabelDataModule(DigitsDataModule):
+    """sklearn digits with three binary labels per image (multi-hot float ``[3]`` targets):
+    ``even``, ``gt4`` (above 4) and ``prime``. For ``task=multilabel``; nothing to download."""
+
+    def _load(self) -> ImageArrays:
+        data = super()._load()
+        d = data.labels
+        multi = np.stack([d % 2 == 0, d > 4, np.isin(d, _PRIMES)], axis=1).astype(np.float32)
+        return ImageArrays(data.images, multi, data.max_value, list(DIGIT_LABELS))
+
+
+class DigitsValueDataModule(DigitsDataModule):
+    """sklearn digits with the digit's value as a float target ``[]`` (0.0 .. 9.0). For
+    ``task=regression``; nothing to download."""
+
+    def _load(self) -> ImageArrays:
+        data = super()._load()
+        return ImageArrays(data.images, data.labels.astype(np.float32), data.max_value, ["value"])

@@ -111,3 +111,45 @@ def subsample(indices: np.ndarray, max_samples: int | None, seed: int) -> np.nda
         return indices
     chosen = np.random.default_rng(seed).choice(len(indices), size=int(max_samples), replace=False)
     return indices[np.sort(chosen)]
+
+
+def label_set_split(
+    targets: np.ndarray, fractions: Fractions, seed: int
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Split multi-hot ``targets`` ``[N, C]``: stratified on each sample's set of labels, then
+    each label moved into a split that lacks it (one positive from train, while train keeps
+    one). Returns the parts and one line per label that cannot be in every split (too few
+    positives): the caller logs them, the split goes on without it."""
+    targets = np.asarray(targets)
+    combos = np.unique(targets.astype(np.int64), axis=0, return_inverse=True)[1].reshape(-1)
+    parts = stratified_split(combos, fractions, seed)
+    missing: list[str] = []
+    rng = np.random.default_rng(seed)
+    for label in range(targets.shape[1]):
+        for name in [n for n in parts if n != "train"]:
+            if targets[parts[name], label].any():
+                continue
+            donors = parts["train"][targets[parts["train"], label] > 0]
+            if len(donors) < 2:
+                total = int((targets[:, label] > 0).sum())
+                missing.append(f"label {label} has {total} positive samples: none in {name}")
+                continue
+            moved = rng.choice(donors)
+            parts["train"] = parts["train"][parts["train"] != moved]
+            parts[name] = np.sort(np.append(parts[name], moved))
+    return parts, missing
+
+
+def quantile_split(
+    targets: np.ndarray, fractions: Fractions, seed: int, bins: int = 10
+) -> dict[str, np.ndarray]:
+    """Split float ``targets`` (``[N]`` or ``[N, D]``) stratified on quantile bins of their
+    first column, so every split spans the range of values."""
+    values = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)[:, 0]
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    return stratified_split(np.searchsorted(edges, values, side="right"), fractions, seed)
+
+
+def random_split(targets: np.ndarray, fractions: Fractions, seed: int) -> dict[str, np.ndarray]:
+    """A seeded random split, blind to the targets."""
+    return stratified_split(np.zeros(len(targets), dtype=np.int64), fractions, seed)

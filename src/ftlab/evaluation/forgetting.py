@@ -55,6 +55,7 @@ class Forgetting:
         """The measurement ``eval.forgetting=<data option>`` asks for, else None."""
         if not option:
             return None
+        module.task.require("forgetting", KEY)  # source vs adapted accuracy
         if not source:
             raise FtlabError(
                 f"{KEY}={option} compares with the source run's model: set "

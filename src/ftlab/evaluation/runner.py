@@ -74,6 +74,10 @@ class RunEvaluation:
         self.alphas = check_alphas(alphas)
         self.save_best = bool(save_best)
         self.test = bool(test)
+        if ood:  # accuracy on shifted sets: the task says whether it means anything
+            module.task.require("ood", "data.ood")
+        if self.alphas:
+            module.task.require("wise_ft", "wise_ft.alphas")
         if (ood or self.alphas) and not isinstance(module, Classifier):
             raise FtlabError(
                 "data.ood and wise_ft.alphas score single-label classifiers; "

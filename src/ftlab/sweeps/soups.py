@@ -175,6 +175,9 @@ class Scorer:
                 f"job {job.name}: its module is {record.module}; soups score single-label "
                 "classifiers (module=classifier)"
             )
+        from ftlab.tasks import build_task
+
+        build_task(record.task).require("soups", f"job {job.name}")  # soups rank by accuracy
         config = _job_config(job)
         self.module = Classifier.from_checkpoint(ckpt, str(job.checkpoint)).to(device).eval()
         spec = self.module.backbone.input_spec
