@@ -49,6 +49,9 @@ test: $(STAMP) ## Run the whole test suite
 test-fast: $(STAMP) ## Inner loop: the suite without slow and ddp tests (under 2 min)
 	$(PY) -m pytest -q -m "not slow and not ddp" $(ARGS)
 
+docs: $(STAMP) ## Serve the documentation site (MkDocs) at http://127.0.0.1:8000
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
+
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests benchmarks train.py eval.py
 	$(VENV)/bin/ruff format --check src tests benchmarks train.py eval.py
@@ -79,4 +82,4 @@ results: $(STAMP) ## The README's results: each strategy tuned on val, 3 fresh s
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache src/*.egg-info
 
-.PHONY: help install data-fashion postgres train test test-fast lint format bench gpu-check results clean
+.PHONY: help install data-fashion postgres train test test-fast docs lint format bench gpu-check results clean

@@ -26,6 +26,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# The results moved from the README to the docs site; every page is read (a results sentence
+# or table may sit on any of them), and the results page's tables must each name a report.
+RESULTS_PAGE = ROOT / "docs" / "results.md"
+PAGE_MARK = "<!-- page: "
+
+
+def published() -> str:
+    """The README and every docs page, each opened by a ``<!-- page: <path> -->`` line."""
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n".join(f"{PAGE_MARK}{p.relative_to(ROOT)} -->\n{p.read_text()}" for p in pages)
+
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 # How the text before a table names its source, in order of precedence.
@@ -36,7 +48,7 @@ SOURCE_PATTERNS = [
     (re.compile(r"`(benchmarks/results/[\w.-]+\.json)`"), None),
 ]
 
-# README tables in "## Results" with no committed report behind them, and why.
+# Tables of the results page with no committed report behind them, and why.
 UNSOURCED = {
     "| weights | test accuracy | val accuracy | wall time | command |": (
         "the quickstart runs: `make train`'s own output, no report is committed"
@@ -236,6 +248,7 @@ class Table:
     heading before it (where its source is named)."""
 
     section: str  # the "## " heading it is under
+    page: str  # the file it is in (README.md, docs/results.md, ...)
     lead: str
     header: list[str]
     rows: list[list[str]]
@@ -244,12 +257,14 @@ class Table:
 
 def readme_tables(text: str) -> list[Table]:
     """Every markdown table of ``text``, indented ones (inside a list item) too."""
-    tables, lead, section = [], [], ""
+    tables, lead, section, page = [], [], "", ""
     lines = text.splitlines()
     i = 0
     while i < len(lines):
         line = lines[i].strip()
-        if line.startswith("## "):
+        if line.startswith(PAGE_MARK):
+            page, section, lead = line.removeprefix(PAGE_MARK).removesuffix(" -->"), "", []
+        elif line.startswith(("# ", "## ")):
             section, lead = line, []
         elif line.startswith("### "):
             lead = [line]
@@ -259,7 +274,7 @@ def readme_tables(text: str) -> list[Table]:
             while i < len(lines) and lines[i].strip().startswith("|"):
                 body.append(cells(lines[i]))
                 i += 1
-            tables.append(Table(section, "\n".join(lead), cells(line), body, line))
+            tables.append(Table(section, page, "\n".join(lead), cells(line), body, line))
             lead = []
             continue
         lead.append(lines[i])
@@ -414,12 +429,14 @@ CHECKERS = {
 
 def table_problems(text: str) -> list[str]:
     """Every README table with a committed source, checked against it; unsourced tables of
-    "## Results" must be listed in UNSOURCED."""
+    the results page must be listed in UNSOURCED."""
     problems = []
     for table in readme_tables(text):
         source = source_of(table)
         if source is None:
-            if table.section == "## Results" and table.header_line not in UNSOURCED:
+            if table.page == str(RESULTS_PAGE.relative_to(ROOT)) and (
+                table.header_line not in UNSOURCED
+            ):
                 problems.append(f"README table {table.header_line!r} names no committed report")
             continue
         if source.is_dir() and (source / "surgical.csv").exists():
@@ -484,17 +501,17 @@ def claim_value(folder: Path, kind: str, row: Any, name: str) -> tuple[list, flo
 
 
 def test_readme_tables_match_their_committed_reports() -> None:
-    assert table_problems(README.read_text()) == []
+    assert table_problems(published()) == []
 
 
 def test_readme_sentences_quoting_reports_match_them() -> None:
-    assert claim_problems(README.read_text()) == []
+    assert claim_problems(published()) == []
 
 
 def test_every_sourced_table_is_checked() -> None:
     """The tables this file knows: both strategy tables, distillation and PEFT (a new sourced
     table without a checker fails table_problems)."""
-    sources = [source_of(t) for t in readme_tables(README.read_text())]
+    sources = [source_of(t) for t in readme_tables(published())]
     names = sorted(s.name for s in sources if s is not None)
     assert names == ["bbc", "distill_mnist.json", "mnist", "peft.json", "surgical"]
 
@@ -514,8 +531,8 @@ def test_every_sourced_table_is_checked() -> None:
     ],
 )
 def test_an_edited_readme_number_is_caught(old: str, new: str, expected: str) -> None:
-    text = README.read_text()
-    assert text.count(old) == 1, f"the README changed: pick another number than {old!r}"
+    text = published()
+    assert text.count(old) == 1, f"the results page changed: pick another number than {old!r}"
     problems = table_problems(text.replace(old, new)) + claim_problems(text.replace(old, new))
     assert len(problems) == 1 and expected in problems[0], problems
 

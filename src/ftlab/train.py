@@ -24,7 +24,7 @@ from ftlab.evaluation.forgetting import Forgetting
 from ftlab.faults import AtomicCheckpointIO, FaultGuard, preemptible, recorded
 from ftlab.finetuning.features import FeatureCache
 from ftlab.finetuning.report import print_plan
-from ftlab.loggers import finish, log_settings
+from ftlab.loggers import finish, log_artifacts, log_settings
 from ftlab.outputs import strip_prefix, write_json
 from ftlab.progress import progress_callbacks, quiet_lightning
 from ftlab.rundir import RunDir, claim_run_dir, is_global_zero
@@ -210,6 +210,7 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": value}
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
+        log_artifacts(loggers, run_dir, best, module.record.to_dict())  # MLflow: files of the run
         if "acc" in metrics["val"]:
             log.info(
                 "test accuracy %.4f, val accuracy %.4f; run directory: %s",
