@@ -217,7 +217,9 @@ def test_hf_vit_export_is_a_transformers_classifier_and_pipeline(hf_vit, tmp_pat
 
 def test_an_export_that_does_not_reproduce_ftlab_is_refused(hf_vit, tmp_path, monkeypatch):
     """The check after writing is what makes an export trustworthy: a head left out fails it."""
-    monkeypatch.setitem(exports.CLS_HEADS, "vit", lambda model, linear: [])
+    from ftlab.exports.hf import CLS_HEADS
+
+    monkeypatch.setattr(CLS_HEADS, "get", lambda model_type: lambda model, linear: [])
     with pytest.raises(FtlabError, match=r"^export=hf: AutoModelForImageClassification\."):
         _export(hf_vit, "hf", tmp_path)
 
@@ -333,6 +335,7 @@ def test_an_unknown_layout_is_refused_before_torch_is_imported(vit_lora, tmp_pat
     ]
     assert done.stdout.strip() == "False" and not (tmp_path / "run").exists()
     assert tuple(exports.EXPORTS) == CONFIG_EXPORTS  # the check knows every layout
+    assert sorted(exports.LAYOUTS) == sorted(CONFIG_EXPORTS)  # and each has a writer
     with pytest.raises(FtlabError, match=r"^export=tflite is unknown: use one of export=merged"):
         exports.export(OmegaConf.create({"export": "tflite", "paths": {"output_dir": "x"}}))
 
