@@ -311,6 +311,37 @@ def test_text_onnx_export_has_dynamic_batch_and_sequence(minilm_mean, tmp_path):
 # --- refusals ----------------------------------------------------------------------------------
 
 
+def test_an_export_goes_into_the_run_that_trained_the_checkpoint(vit_lora, tmp_path):
+    """``python eval.py export=merged ckpt_path=<run>/checkpoints/x.ckpt`` writes
+    ``<run>/merged/`` (as the README says), not into eval.py's own Hydra folder."""
+    ckpt = vit_lora[0]
+    run = ckpt.parents[1]
+    assert ckpt.parent.name == "checkpoints"
+    eval_dir = tmp_path / "eval_run"
+    cfg = {"export": "merged", "ckpt_path": str(ckpt), "paths": {"output_dir": str(eval_dir)}}
+    out = exports.export(OmegaConf.create(cfg))
+    assert out == run / "merged"
+    assert {p.name for p in out.iterdir()} == {
+        "README.md", "model.safetensors", "head.safetensors", "ftlab.json"
+    }  # fmt: skip
+    assert not eval_dir.exists()
+    assert not [p for p in run.iterdir() if p.name.endswith((".partial", ".old"))]
+
+
+def test_a_refused_export_leaves_the_earlier_one_as_it_was(hf_vit, tmp_path, monkeypatch):
+    from ftlab.exports.hf import CLS_HEADS
+
+    out = exports.export_checkpoint(str(hf_vit), "hf")
+    assert out == hf_vit.parents[1] / "hf"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert f'from_pretrained("{out}")' in before["README.md"].decode()  # the final path
+    monkeypatch.setattr(CLS_HEADS, "get", lambda model_type: lambda model, linear: [])
+    with pytest.raises(FtlabError, match=r"^export=hf: AutoModelForImageClassification\."):
+        exports.export_checkpoint(str(hf_vit), "hf")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".hf")) == []
+
+
 def test_a_layout_for_the_other_library_is_refused_in_one_line(vit_lora, tmp_path):
     ckpt = vit_lora[0]
     with pytest.raises(FtlabError) as caught:

@@ -1,7 +1,7 @@
 """``export=<layout>``: a trained checkpoint in the layout the next tool loads, without ftlab.
 
 =========  =====================================================================================
-layout     what the directory ``<output_dir>/<layout>/`` holds, and what loads it
+layout     what ``<run>/<layout>/`` holds (``<run>``: the run that wrote the checkpoint), what loads it
 =========  =====================================================================================
 merged     ftlab's own: the library model's weights (``timm.create_model(name, num_classes=0)``
            or the Hugging Face model load them), ``head.safetensors``, ``ftlab.json`` (the record)
@@ -27,8 +27,9 @@ the run's ``metrics.json``, the command, the ftlab version). No layout needs
 ``trust_remote_code``: every class named in them belongs to the loading library.
 """
 
-from ftlab.exports.job import TOLERANCE, Export, RunInfo, predict, sample_inputs
+from ftlab.exports.job import TOLERANCE, Export, predict, sample_inputs
 from ftlab.exports.task import EXPORTS, LAYOUTS, export, export_checkpoint
+from ftlab.runinfo import RunInfo
 
 __all__ = [
     "EXPORTS",

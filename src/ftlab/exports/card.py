@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import ftlab
-from ftlab.exports.job import TOLERANCE, Export, RunInfo, head_layers
+from ftlab.exports.job import TOLERANCE, Export, head_layers
+from ftlab.runinfo import RunInfo
 
 
 def model_card(job: Export, command: str) -> str:

@@ -75,8 +75,8 @@ def write_transformers(job: Export) -> None:
     job.usage = "\n".join(
         [
             f"from transformers import {auto.__name__}, pipeline",
-            f'model = {auto.__name__}.from_pretrained("{job.out}")',
-            f'classify = pipeline("{task}", model="{job.out}")',
+            f'model = {auto.__name__}.from_pretrained("{job.shown}")',
+            f'classify = pipeline("{task}", model="{job.shown}")',
         ]
     )
     if backbone.model_type == "bert":

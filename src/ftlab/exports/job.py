@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -15,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from ftlab.errors import FtlabError
 from ftlab.record import ModelRecord
+from ftlab.runinfo import RunInfo
 
 TOLERANCE = 1e-4  # the largest |logit difference| an export may show against ftlab (float32)
 SAMPLE_TEXTS = (
@@ -29,40 +28,6 @@ SAMPLE_TEXTS = (
     "Parliament debated the budget until midnight.",
 )
 SAMPLE_BATCH = 4
-
-
-@dataclass
-class RunInfo:
-    """What the run that wrote the checkpoint left beside it: metrics.json and Hydra's config.
-
-    All plain data, read as JSON and with ``yaml.safe_load``: shown on the card, never run.
-    """
-
-    directory: Path | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    overrides: list[str] = field(default_factory=list)
-
-    @classmethod
-    def beside(cls, ckpt_path: Path) -> RunInfo:
-        """The run of ``<run>/checkpoints/<file>.ckpt`` (or of a checkpoint in the run itself)."""
-        parent = ckpt_path.resolve().parent
-        run = parent.parent if parent.name == "checkpoints" else parent
-        info = cls(directory=run)
-        metrics = run / "metrics.json"
-        if metrics.is_file():
-            info.metrics = _mapping(json.loads(metrics.read_text()))
-        hydra = run / ".hydra"
-        if (hydra / "config.yaml").is_file():
-            info.config = _mapping(yaml.safe_load((hydra / "config.yaml").read_text()))
-        if (hydra / "overrides.yaml").is_file():
-            overrides = yaml.safe_load((hydra / "overrides.yaml").read_text())
-            info.overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
-        return info
-
-    def data(self, key: str) -> Any:
-        data = self.config.get("data")
-        return data.get(key) if isinstance(data, Mapping) else None
 
 
 @dataclass
@@ -78,12 +43,18 @@ class Export:
     run: RunInfo
     inputs: Any = None  # the batch the export is checked on
     expected: Tensor | None = None  # ftlab's logits on it, before LoRA was merged
+    dest: Path | None = None  # where ``out`` is moved once checked: the paths on the card
     # Filled by the writer:
     written: str = ""  # the layout's name on the card
     library: str = ""
     usage: str = ""  # how to load it, a code block for the card
     notes: list[str] = field(default_factory=list)
     max_diff: float = math.nan
+
+    @property
+    def shown(self) -> Path:
+        """The folder the user loads (``dest``); the writers write to ``out``."""
+        return self.dest or self.out
 
     @property
     def classes(self) -> list[Any]:
@@ -155,7 +126,3 @@ def quiet(*loggers: str) -> Iterator[None]:
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}

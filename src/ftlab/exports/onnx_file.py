@@ -52,7 +52,7 @@ def write_onnx(job: Export) -> None:
     job.usage = "\n".join(
         [
             "import onnxruntime",
-            f'session = onnxruntime.InferenceSession("{job.out}/model.onnx")',
+            f'session = onnxruntime.InferenceSession("{job.shown}/model.onnx")',
             f"feeds = {{{', '.join(repr(n) + ': ...' for n in names)}}}  # numpy arrays",
             "logits = session.run(['logits'], feeds)[0]",
         ]

@@ -38,7 +38,7 @@ def write_sentence_transformers(job: Export) -> None:
     job.usage = "\n".join(
         [
             "from sentence_transformers import SentenceTransformer",
-            f'model = SentenceTransformer("{job.out}")',
+            f'model = SentenceTransformer("{job.shown}")',
             "features = model.encode(texts)  # the pooled features the head reads",
             "out = model(model.preprocess(texts))  # out['logits']: class scores, a row a text",
         ]

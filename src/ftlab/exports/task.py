@@ -4,6 +4,8 @@ writer (a :data:`LAYOUTS` entry) and write the model card."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,10 @@ from ftlab.adapters import merge_lora
 from ftlab.checkpoints import load_checkpoint, restore_module
 from ftlab.errors import FtlabError
 from ftlab.exports.card import model_card
-from ftlab.exports.job import Export, RunInfo, predict, sample_inputs
+from ftlab.exports.job import Export, predict, sample_inputs
 from ftlab.record import ModelRecord
 from ftlab.registry import Registry
+from ftlab.runinfo import RunInfo
 
 log = logging.getLogger("ftlab")
 
@@ -45,8 +48,8 @@ def export(cfg: DictConfig) -> Path:
             f"export={layout} is unknown: use one of {', '.join(f'export={k}' for k in EXPORTS)}"
         )
     ckpt_path = cfg.get("ckpt_path")
-    out = Path(cfg.paths.output_dir) / layout
-    return export_checkpoint(ckpt_path, layout, out, _command(layout, ckpt_path))
+    # Into the run that trained the checkpoint (<run>/<layout>/), not eval.py's own folder.
+    return export_checkpoint(ckpt_path, layout, None, _command(layout, ckpt_path))
 
 
 def _command(layout: str, ckpt_path: Any) -> str:
@@ -57,30 +60,54 @@ def _command(layout: str, ckpt_path: Any) -> str:
     return f"python eval.py export={layout} ckpt_path={ckpt_path}"
 
 
-def export_checkpoint(ckpt_path: str | None, layout: str, out: Path, command: str = "") -> Path:
-    """Write ``ckpt_path`` to ``out`` in ``layout`` (see the module docstring); return ``out``."""
+def export_checkpoint(
+    ckpt_path: str | None, layout: str, out: Path | None = None, command: str = ""
+) -> Path:
+    """Write ``ckpt_path`` in ``layout`` (see the package docstring) to ``out``, by default
+    ``<run>/<layout>/`` of the run that wrote the checkpoint; return where it went.
+
+    The files are written to a hidden folder beside ``out`` and renamed into place once the
+    export reproduced ftlab's logits, so a refused export leaves an earlier one as it was."""
     ckpt = load_checkpoint(ckpt_path)
     record: ModelRecord = ckpt["ftlab"]
     _check_kind(layout, record, str(ckpt_path))
+    run = RunInfo.beside(str(ckpt_path))
+    out = Path(out) if out is not None else run.export_dir(layout)
     module, backbone = restore_module(ckpt, str(ckpt_path))
     module.eval()
-    job = Export(layout, Path(str(ckpt_path)), out, module, backbone, record, RunInfo())
-    job.run = RunInfo.beside(job.ckpt_path)
+    staging = out.parent / f".{out.name}.{os.getpid()}.partial"
+    job = Export(layout, Path(str(ckpt_path)), staging, module, backbone, record, run, dest=out)
     job.inputs = sample_inputs(backbone, job.run)
     with torch.no_grad():
         job.expected = predict(module, backbone, job.inputs)  # adapters not merged yet
     merge_lora(backbone.model)  # every layout holds the merged weights
-    out.mkdir(parents=True, exist_ok=True)
     from ftlab.backbones.hf_backbone import _no_progress_bar  # transformers' bar per save/load
 
-    with torch.no_grad(), _no_progress_bar():
-        LAYOUTS.get(layout)(job)
-    (out / "README.md").write_text(model_card(job, command))
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        with torch.no_grad(), _no_progress_bar():
+            LAYOUTS.get(layout)(job)
+        (staging / "README.md").write_text(model_card(job, command))
+        _replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     log.info(
         "export=%s (%s) written to %s; max |logit - ftlab's| on a batch of %d: %.3g",
         layout, job.written, out, job.expected.shape[0], job.max_diff,
     )  # fmt: skip
     return out
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Put the finished export at ``out``, in place of an earlier one."""
+    if out.exists():
+        old = out.parent / f".{out.name}.{os.getpid()}.old"
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
 
 
 def _check_kind(layout: str, record: ModelRecord, where: str) -> None:

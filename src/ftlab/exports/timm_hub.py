@@ -43,7 +43,7 @@ def write_timm(job: Export) -> None:
     job.usage = "\n".join(
         [
             "import timm",
-            f'model = timm.create_model("local-dir:{job.out}", pretrained=True).eval()',
+            f'model = timm.create_model("local-dir:{job.shown}", pretrained=True).eval()',
             "config = timm.data.resolve_data_config({}, model=model)",
             "transform = timm.data.create_transform(**config)",
             "labels = model.pretrained_cfg['label_names']",
