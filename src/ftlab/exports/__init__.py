@@ -1,7 +1,7 @@
 """``export=<layout>``: a trained checkpoint in the layout the next tool loads, without ftlab.
 
 =========  =====================================================================================
-layout     what ``<run>/<layout>/`` holds (``<run>``: the run that wrote the checkpoint), what loads it
+layout     what ``<run>/<layout>/`` holds (the run that wrote the checkpoint), and what loads it
 =========  =====================================================================================
 merged     ftlab's own: the library model's weights (``timm.create_model(name, num_classes=0)``
            or the Hugging Face model load them), ``head.safetensors``, ``ftlab.json`` (the record)
