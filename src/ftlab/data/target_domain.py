@@ -14,6 +14,7 @@ from typing import Any
 
 from ftlab.data.base import Splits
 from ftlab.data.in_memory import ImageArrays, MNISTDataModule
+from ftlab.data.shifts import DEFAULT_SEVERITY, IMAGE_SHIFTS, SEVERITIES, ShiftedImages
 from ftlab.errors import FtlabError
 
 # Each split draws its corruption from its own seed, so train and test noise differ.
@@ -22,9 +23,6 @@ SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 def parse_shift(shift: str | None) -> tuple[str, int] | None:
     """``"gaussian_noise:3"`` -> ``("gaussian_noise", 3)``; None stays None."""
-    # Imported here: ftlab.evaluation imports ftlab.data, which imports this module.
-    from ftlab.evaluation.shifts import DEFAULT_SEVERITY, IMAGE_SHIFTS, SEVERITIES
-
     if shift in (None, ""):
         return None
     name, _, severity = str(shift).partition(":")
@@ -62,8 +60,6 @@ class MNISTTargetDataModule(MNISTDataModule):
         splits = super()._build()
         if self.shift is None:
             return splits
-        from ftlab.evaluation.shifts import ShiftedImages
-
         name, severity = self.shift
         shifted = {
             split: ShiftedImages(

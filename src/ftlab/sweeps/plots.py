@@ -9,7 +9,9 @@ static export needs a browser, matplotlib does not).
 - ``optuna_pareto_front``: the trade-off between 2 or 3 objectives (multi-objective only).
 
 A plot Optuna cannot draw yet (too few trials, one parameter value) is skipped with its reason in
-the log and in study.md.
+the log and in study.md. At its end, every search also writes ``ftlab-report``'s files
+(report.md, report.csv, report.png, provenance.json) for its first objective, so study.md always
+has its report.md beside it; ``ftlab-report <sweep_dir>`` rewrites them with other options.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,25 @@ def write_study_summary(
     """Write study.md and the plots into ``sweep_dir``; returns ``{plot: "written" | reason}``."""
     plots = write_plots(study, sweep_dir, objectives)
     _write_atomic(sweep_dir / STUDY_FILE, study_markdown(study, objectives, plots))
+    write_sweep_report(study, sweep_dir, objectives)
     return plots
+
+
+def write_sweep_report(study: optuna.Study, sweep_dir: Path, objectives: Sequence[str]) -> None:
+    """report.md and the other ``ftlab-report`` files, for the first objective in the study's
+    direction: the same files as the command recorded in provenance.json writes."""
+    from ftlab.errors import FtlabError
+    from ftlab.sweeps.report import write_report
+
+    metric = objectives[0]
+    mode = "max" if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else "min"
+    command = shlex.join(["ftlab-report", str(sweep_dir), "--metric", metric, "--mode", mode])
+    try:
+        write_report(sweep_dir, metric, mode, command=command)
+    except FtlabError as err:  # e.g. no job wrote metrics.json: study.md says why
+        log.warning("report.md not written: %s", err)
+        return
+    log.info("wrote %s (as %s would)", sweep_dir / "report.md", command)
 
 
 def write_plots(study: optuna.Study, out: Path, objectives: Sequence[str]) -> dict[str, str]:

@@ -24,6 +24,8 @@ from typing import Any
 
 import pandas as pd
 
+from ftlab.sweeps.jobs import job_dirs, read_job
+
 ID_METRICS = ("test/acc", "val/acc")  # the in-distribution axis: test, else val
 OOD_PREFIX, OOD_SUFFIX = "ood/", "/acc"
 SOUP_FILE = "soup.json"
@@ -132,8 +134,6 @@ def effective_robustness(summary: pd.DataFrame, sweep_dir: str | Path) -> Robust
 def wise_ft_rows(sweep_dir: str | Path, settings: list[str], id_split: str) -> pd.DataFrame:
     """Every completed job's ``wise_ft.rows`` (``{alpha, test_acc, ood: {set: acc}}``), mean
     and std over seeds per (setting, α, OOD set); empty without WiSE-FT jobs."""
-    from ftlab.sweeps.report import job_dirs, read_job  # report imports this module
-
     records = []
     for job_dir in job_dirs(Path(sweep_dir)):
         job = read_job(job_dir)

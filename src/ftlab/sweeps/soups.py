@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
-from ftlab.checkpoints import first_line, load_checkpoint, state_differences
+from ftlab.checkpoints import load_checkpoint, state_differences
 from ftlab.data import build_data
 from ftlab.errors import FtlabError
 from ftlab.evaluation.loop import evaluate
 from ftlab.evaluation.ood import build_ood_sets
 from ftlab.outputs import write_json
 from ftlab.record import ModelRecord
+from ftlab.runinfo import RunInfo
 from ftlab.sweeps.report import job_dirs, read_job
 
 log = logging.getLogger("ftlab")
@@ -210,20 +210,17 @@ class Scorer:
 
 def _job_config(job: Job) -> dict[str, Any]:
     """The job's composed config (data, trainer limits, seed) as plain values."""
-    file = job.path / ".hydra" / "config.yaml"
-    if not file.is_file():
-        raise FtlabError(f"job {job.name}: no {file}: soups read the data from a job's config")
-    try:
-        config = OmegaConf.load(file)
-        # Only what the soup reads: other keys may name Hydra's runtime (${hydra:...}).
-        limits = ("limit_val_batches", "limit_test_batches")
-        return {
-            "data": OmegaConf.to_container(config.data, resolve=True),
-            "trainer": {k: OmegaConf.select(config, f"trainer.{k}") for k in limits},
-            "seed": OmegaConf.select(config, "seed", default=0),
-        }
-    except Exception as err:
-        raise FtlabError(f"job {job.name}: {file} does not resolve ({first_line(err)})") from None
+    # Only what the soup reads: other keys may name Hydra's runtime (${hydra:...}).
+    limits = ("limit_val_batches", "limit_test_batches")
+    keys = {"data": None, **{f"trainer.{k}": None for k in limits}, "seed": 0}
+    found = RunInfo.of(job.path).resolved(job.name, keys)
+    if not isinstance(found["data"], dict):
+        raise FtlabError(f"job {job.name}: {job.path}/.hydra/config.yaml has no data config")
+    return {
+        "data": found["data"],
+        "trainer": {k: found[f"trainer.{k}"] for k in limits},
+        "seed": found["seed"],
+    }
 
 
 def make_soup(sweep: str | Path, recipe: str, device: str = "auto") -> dict[str, Any]:
