@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from ftlab.data.base import ClassificationDataModule, Splits
 from ftlab.data.images import ImageDataModule, pil_transform
 from ftlab.data.splits import Fractions, stratified_split
-from ftlab.data.text import TextDataModule
+from ftlab.data.text import MODEL_INPUTS, TextDataModule
 from ftlab.data.text_csv import sorted_classes
 from ftlab.data_sources import BUILDERS, SPLIT_NAMES, describe, is_saved_dataset
 from ftlab.errors import FtlabError
@@ -150,6 +150,9 @@ class HFDatasetDataModule(ClassificationDataModule):
         max_length: int | None = None,
         image_size: int | None = None,
         augment: bool = False,
+        streaming: bool = False,
+        shuffle_block: int = 1024,
+        num_shards: int = 8,
         **common: Any,
     ) -> None:
         if not path:
@@ -162,6 +165,13 @@ class HFDatasetDataModule(ClassificationDataModule):
         self.label_column = label_column
         self.cache_dir = cache_dir
         self.augment = bool(augment)
+        self.streaming = bool(streaming)
+        self.shuffle_block, self.num_shards = int(shuffle_block), int(num_shards)
+        if self.shuffle_block < 1 or self.num_shards < 1:
+            raise FtlabError(
+                f"data.shuffle_block={shuffle_block} and data.num_shards={num_shards} must be "
+                "at least 1, e.g. data.shuffle_block=1024 data.num_shards=8"
+            )
         self._fractions_keys = (val_fraction, test_fraction)
         self._loaded: dict[str, Any] | None = None
         self._records: dict[str, Any] | None = None
@@ -256,6 +266,8 @@ class HFDatasetDataModule(ClassificationDataModule):
         return classes, labels
 
     def _build(self) -> Splits:
+        if self.streaming:
+            return self._build_stream()
         parts = self.records()
         classes, labels = self._classes_and_labels(parts)
         made = {name: self._make(name, part, labels[name]) for name, part in parts.items()}
@@ -264,8 +276,77 @@ class HFDatasetDataModule(ClassificationDataModule):
     def _make(self, split: str, part: Any, labels: np.ndarray) -> Dataset:
         raise NotImplementedError
 
+    def _encoder(self, split: str, classes: list[str], class_label: bool) -> Any:
+        """A raw row of ``split`` to a sample ``(inputs, label)`` (streaming)."""
+        raise NotImplementedError
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def _build_stream(self) -> Splits:
+        """Each split as a :class:`~ftlab.data.streaming.StreamSplit` over an IterableDataset."""
+        from ftlab.data.streaming import StreamSplit
+
+        streams, rows = stream_sources(self.path, self.cache_dir, self.num_shards)
+        if "train" not in streams:
+            own_splits(streams, self.path)  # raises, naming the splits found
+        base, total = streams["train"], rows["train"]
+        fractions = self.fractions_for(set(streams))
+        n_val, n_test = round(total * fractions.val), round(total * fractions.test)
+        # Without a split of its own, val/test are the stream's first rows (not stratified:
+        # a stream has no random access); train is the rest.
+        made_streams = {"train": (lambda: base().skip(n_val + n_test), total - n_val - n_test)}
+        if n_val:
+            made_streams["val"] = (lambda: base().take(n_val), n_val)
+        if n_test:
+            made_streams["test"] = (lambda: base().skip(n_val).take(n_test), n_test)
+        for name in ("val", "test"):
+            if name in streams:
+                made_streams[name] = (streams[name], rows[name])
+        classes, class_label = self._stream_classes(made_streams["train"][0])
+        made = {
+            name: StreamSplit(
+                make,
+                count,
+                self.batch_size,
+                self._encoder(name, classes, class_label),
+                block=self.shuffle_block,
+                shard=name == "train",
+            )
+            for name, (make, count) in made_streams.items()
+        }
+        return Splits(**made, classes=classes)
+
+    def fractions_for(self, present: set[str]) -> Fractions:
+        return Fractions.from_keys(*self._fractions_keys, "val" in present, "test" in present)
+
+    def _stream_classes(self, make: Any) -> tuple[list[str], bool]:
+        """The classes of a streamed train split: a ClassLabel's names, else its values (one
+        pass over the label column alone)."""
+        import datasets
+
+        stream = make()
+        column = self.label_column
+        features = stream.features or {}
+        if not column or (features and column not in features):
+            raise FtlabError(
+                f"data.label_column={column} is not a column of data.path={self.path} "
+                f"({self.found()}): set data.label_column to one of {', '.join(features)}"
+            )
+        if isinstance(features.get(column), datasets.ClassLabel):
+            return list(features[column].names), True
+        values = {str(row[column]) for row in stream.select_columns([column])}
+        return sorted_classes(sorted(values)), False
+
+    def _loader(self, dataset: Any, shuffle: bool) -> Any:
+        from ftlab.data.streaming import StreamLoader, StreamSplit
+
+        if not isinstance(dataset, StreamSplit):
+            return super()._loader(dataset, shuffle)
+        dataset.seed = torch.initial_seed() if shuffle else None  # the run's seed
+        return StreamLoader(dataset, batch_size=self.batch_size, collate_fn=self._collate())
+
     def _identity(self) -> dict[str, Any]:
-        own = self.source_splits()
+        own = self.source_splits() if not self.streaming else {}
         return {
             **super()._identity(),
             "path": str(Path(self.path).expanduser().resolve())
@@ -274,8 +355,9 @@ class HFDatasetDataModule(ClassificationDataModule):
             # datasets' own fingerprint of each split: changes with any row of the data.
             "dataset_fingerprints": {k: getattr(v, "_fingerprint", None) for k, v in own.items()},
             "columns": [self.text_column, self.image_column, self.label_column],
-            "fractions": asdict(self.fractions),
+            "fractions": asdict(self.fractions) if not self.streaming else None,
             "augment": self.augment,
+            "streaming": self.streaming,
         }
 
 
@@ -290,6 +372,17 @@ class HFTextDataModule(HFDatasetDataModule, TextDataModule):
         texts = ["" if t is None else str(t) for t in part[column]]
         return self._tokenize(texts, labels)
 
+    def _encoder(self, split: str, classes: list[str], class_label: bool) -> Any:
+        return RowEncoder(
+            self.text_column, self.label_column, classes, class_label, self._tokenize_row
+        )
+
+    def _tokenize_row(self, text: Any) -> dict[str, list[int]]:
+        encoded = self.tokenizer(
+            "" if text is None else str(text), truncation=True, max_length=self.max_length
+        )
+        return {key: list(encoded[key]) for key in MODEL_INPUTS if key in encoded}
+
 
 class HFImageDataModule(HFDatasetDataModule, ImageDataModule):
     """``data=hf_dataset`` for an image backbone: ``image_column`` decoded per item."""
@@ -302,3 +395,88 @@ class HFImageDataModule(HFDatasetDataModule, ImageDataModule):
         transform = pil_transform(self.spec, augment=split == "train" and self.augment)
         mode = "RGB" if self.spec.channels == 3 else "L"
         return HFImageDataset(part, column, labels, transform, mode)
+
+    def _encoder(self, split: str, classes: list[str], class_label: bool) -> Any:
+        transform = pil_transform(self.spec, augment=split == "train" and self.augment)
+        mode = "RGB" if self.spec.channels == 3 else "L"
+
+        def image(value: Any) -> torch.Tensor:
+            if isinstance(value, np.ndarray):
+                from PIL import Image
+
+                value = Image.fromarray(value)
+            return transform(value.convert(mode))
+
+        return RowEncoder(self.image_column, self.label_column, classes, class_label, image)
+
+
+class RowEncoder:
+    """A raw row to ``(inputs, label)``: ``convert(row[column])`` and the class index."""
+
+    def __init__(
+        self,
+        column: str,
+        label_column: str | None,
+        classes: list[str],
+        class_label: bool,
+        convert: Any,
+    ) -> None:
+        self.column, self.label_column, self.convert = column, str(label_column), convert
+        self.class_label = class_label
+        self.index = {name: i for i, name in enumerate(classes)}
+
+    def __call__(self, row: dict[str, Any]) -> tuple[Any, Any]:
+        value = row[self.label_column]
+        label = int(value) if self.class_label else self.index.get(str(value))
+        if label is None:
+            raise FtlabError(
+                f"data.label_column={self.label_column}: label '{value}' is not among train's "
+                f"labels ({', '.join(self.index)}): fix it or add training rows with it"
+            )
+        inputs = self.convert(row[self.column])
+        return inputs, torch.tensor(label) if not isinstance(inputs, dict) else label
+
+
+def stream_sources(path: str, cache_dir: str | None, num_shards: int) -> tuple[dict, dict]:
+    """Each split's stream maker (fresh ``datasets.IterableDataset`` each call) and row count.
+
+    A save_to_disk folder streams from its memory-mapped arrow files in ``num_shards`` shards;
+    a data file streams through ``load_dataset(..., streaming=True)``, which reads it piece by
+    piece (parquet row groups, JSON lines) without converting it to arrow first.
+    """
+    import copy
+
+
+    where = Path(path).expanduser()
+    makers: dict[str, Any] = {}
+    rows: dict[str, int] = {}
+    if is_saved_dataset(where):
+        for name, part in own_splits(load_source(path, cache_dir), path).items():
+            shards = max(1, min(num_shards, len(part)))
+            makers[name] = lambda part=part, shards=shards: part.to_iterable_dataset(shards)
+            rows[name] = len(part)
+        return makers, rows
+    streamed = own_splits(load_source(path, cache_dir, streaming=True), path)
+    for name, stream in streamed.items():
+        makers[name] = lambda stream=stream: copy.deepcopy(stream)
+        rows[name] = count_rows(where, stream, name)
+    return makers, rows
+
+
+def count_rows(where: Path, stream: Any, split: str) -> int:
+    """A streamed split's rows: parquet metadata, a line count, or the dataset card's."""
+    suffix = where.suffix.lower() if where.is_file() else ""
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(where).metadata.num_rows)
+    if suffix in (".jsonl", ".csv", ".tsv"):
+        with open(where, "rb") as f:
+            lines = sum(1 for line in f if line.strip())
+        return lines - (suffix != ".jsonl")
+    info = getattr(stream, "info", None)
+    splits = getattr(info, "splits", None) or {}
+    for name, meta in splits.items():
+        if SPLIT_NAMES.get(str(name).lower()) == split and meta.num_examples:
+            return int(meta.num_examples)
+    return sum(1 for _ in stream)  # a JSON array or an arrow file: one counting pass
