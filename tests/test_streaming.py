@@ -92,7 +92,7 @@ def stream_run(folder: Path) -> list[str]:
         "data.shuffle_block=20",
         "data.image_size=32",
         "data.batch_size=8",
-        "trainer.limit_train_batches=null",
+        "trainer.limit_train_batches=1.0",
         "trainer.max_epochs=2",
         "deterministic=true",
         "callbacks.last_checkpoint.every_n_train_steps=1",

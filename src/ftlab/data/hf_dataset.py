@@ -164,7 +164,7 @@ class HFDatasetDataModule(ClassificationDataModule):
         self.text_column, self.image_column = text_column, image_column
         self.label_column = label_column
         self.cache_dir = cache_dir
-        self.augment = bool(augment)
+        self.augment_images = bool(augment)
         self.streaming = bool(streaming)
         self.shuffle_block, self.num_shards = int(shuffle_block), int(num_shards)
         if self.shuffle_block < 1 or self.num_shards < 1:
@@ -179,6 +179,14 @@ class HFDatasetDataModule(ClassificationDataModule):
 
     def _modality_init(self, input_spec: Any, max_length: Any, image_size: Any, common: Any):
         raise NotImplementedError
+
+    @property
+    def augment(self) -> bool:
+        """Whether samples differ from pass to pass: random augmentations, or a stream (a
+        stream's order and, once rank parts wrap, its samples do). The feature cache
+        (``ftlab.finetuning.features.plan_cache``) reads this attribute alone to decide that
+        a split cannot be cached once; a stream has no fixed split to cache."""
+        return self.augment_images or self.streaming
 
     # -- the data -----------------------------------------------------------------------------
 
@@ -356,7 +364,7 @@ class HFDatasetDataModule(ClassificationDataModule):
             "dataset_fingerprints": {k: getattr(v, "_fingerprint", None) for k, v in own.items()},
             "columns": [self.text_column, self.image_column, self.label_column],
             "fractions": asdict(self.fractions) if not self.streaming else None,
-            "augment": self.augment,
+            "augment": self.augment_images,
             "streaming": self.streaming,
         }
 
@@ -392,12 +400,12 @@ class HFImageDataModule(HFDatasetDataModule, ImageDataModule):
 
     def _make(self, split: str, part: Any, labels: np.ndarray) -> Dataset:
         column = self._column(part, self.image_column, "image_column")
-        transform = pil_transform(self.spec, augment=split == "train" and self.augment)
+        transform = pil_transform(self.spec, augment=split == "train" and self.augment_images)
         mode = "RGB" if self.spec.channels == 3 else "L"
         return HFImageDataset(part, column, labels, transform, mode)
 
     def _encoder(self, split: str, classes: list[str], class_label: bool) -> Any:
-        transform = pil_transform(self.spec, augment=split == "train" and self.augment)
+        transform = pil_transform(self.spec, augment=split == "train" and self.augment_images)
         mode = "RGB" if self.spec.channels == 3 else "L"
 
         def image(value: Any) -> torch.Tensor:

@@ -68,12 +68,18 @@ class StreamSplit(IterableDataset):
     ) -> None:
         self.make, self.encode, self.seed = make, encode, seed
         self.block, self.shard, self.batch_size = max(1, int(block)), shard, batch_size
-        size, _ = world() if shard else (1, 0)
-        self.batches = max(1, rows // size // batch_size)
+        self.rows = int(rows)
         self.epoch = 0
         self.resume: dict[str, Any] | None = None
         self._block_states: OrderedDict[int, Any] = OrderedDict()
         self._current: Any = None
+
+    @property
+    def batches(self) -> int:
+        """Batches every rank yields: the smallest rank's part (read at use, not at setup,
+        which may run before the process group exists)."""
+        size, _ = world() if self.shard else (1, 0)
+        return max(1, self.rows // size // self.batch_size)
 
     def __len__(self) -> int:
         return self.batches * self.batch_size
