@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_compile
+import bench_data
 import bench_distill
 import bench_frozen
 import bench_memory
@@ -35,6 +36,7 @@ BENCHES = {
     "peft": bench_peft.run,
     "distill": bench_distill.run,
     "compile": bench_compile.run,
+    "data": bench_data.run,
 }
 
 

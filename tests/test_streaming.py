@@ -3,6 +3,9 @@ sample (in-process and after a SIGKILL), and dealt evenly to 2 gloo DDP ranks.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -10,12 +13,25 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAST, read_metrics, run_cli
-from test_faults import ENV, assert_same_run, pause, start, wait_for
+from test_faults import ENV, assert_same_run, pause, wait_for
 from test_hf_dataset import digits
 
 from ftlab.data import HFDatasetDataModule
 from ftlab.data.streaming import StreamSplit
 from ftlab.specs import ImageSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+# test_faults.ENV sets PYTHONPATH to the tests alone; keep this checkout's sources first too.
+PATHS = {"PYTHONPATH": os.pathsep.join([ENV["PYTHONPATH"], str(ROOT / "src")])}
+
+
+def start(*overrides: str, run_dir: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | PATHS
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
 
 SPEC = ImageSpec(size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -114,7 +130,7 @@ def test_sigkill_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     wait_for(marker, proc)
     proc.kill()
     proc.communicate(timeout=60)
-    resumed = run_cli("train.py", *run, "resume=true", run_dir=run_dir, env=ENV)
+    resumed = run_cli("train.py", *run, "resume=true", run_dir=run_dir, env=PATHS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run_dir, reference)  # metrics, and the final weights bit for bit
     log = (run_dir / "train.log").read_text()
