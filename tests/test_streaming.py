@@ -126,7 +126,7 @@ def test_sigkill_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     done = run_cli("train.py", *run, run_dir=reference)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir, marker = tmp_path / "run", tmp_path / "paused"
-    proc = start(*run, *pause(13, marker), run_dir=run_dir)  # epoch 1, after its 3rd batch
+    proc = start(*run, *pause(13, marker), run_dir=run_dir)  # epoch 1 (10 batches an epoch)
     wait_for(marker, proc)
     proc.kill()
     proc.communicate(timeout=60)
@@ -134,7 +134,8 @@ def test_sigkill_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run_dir, reference)  # metrics, and the final weights bit for bit
     log = (run_dir / "train.log").read_text()
-    assert "resumed mid-epoch: epoch 1 continues after its first 3 batches" in log
+    # Killed before step 13's save: step 12's checkpoint, 2 batches into epoch 1.
+    assert "resumed mid-epoch: epoch 1 continues after its first 2 batches" in log
 
 
 @pytest.mark.slow
