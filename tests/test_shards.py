@@ -37,7 +37,9 @@ def test_shards_read_back_the_rows_decoded(shards):
 
 def test_shuffle_follows_the_seed_and_resume_continues_exactly(shards):
     def loader(seed):
-        return StreamingDataLoader(ShardDataset(shards, SPEC, shuffle=True, seed=seed), batch_size=5)
+        return StreamingDataLoader(
+            ShardDataset(shards, SPEC, shuffle=True, seed=seed), batch_size=5
+        )
 
     whole = labels_of(loader(1))
     assert whole == labels_of(loader(1)) and sorted(whole) == sorted(digits(50)["label"])

@@ -454,7 +454,6 @@ def stream_sources(path: str, cache_dir: str | None, num_shards: int) -> tuple[d
     """
     import copy
 
-
     where = Path(path).expanduser()
     makers: dict[str, Any] = {}
     rows: dict[str, int] = {}
