@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_compile
+import bench_data
 import bench_distill
 import bench_frozen
 import bench_fsdp
@@ -37,6 +38,7 @@ BENCHES = {
     "distill": bench_distill.run,
     "compile": bench_compile.run,
     "fsdp": bench_fsdp.run,
+    "data": bench_data.run,
 }
 
 

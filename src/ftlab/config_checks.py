@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftlab.data_sources import check_data_source
 from ftlab.errors import FtlabError
 from ftlab.trainer_keys import check_trainer_keys
 
@@ -406,6 +407,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     _check_length(config)
     _check_lp_ft(config)
     _check_weights(config)
+    check_data_source(config)  # data.path and its columns (ftlab.data_sources)
 
 
 def _ruled(

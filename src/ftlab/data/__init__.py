@@ -9,6 +9,7 @@ from typing import Any
 
 from ftlab.data.base import ClassificationDataModule, Splits
 from ftlab.data.bbc_news import BBCNewsDataModule
+from ftlab.data.hf_dataset import HFDatasetDataModule, HFImageDataModule, HFTextDataModule
 from ftlab.data.image_folder import ImageFolderDataModule
 from ftlab.data.images import ImageDataModule
 from ftlab.data.in_memory import DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
@@ -24,6 +25,9 @@ __all__ = [
     "ClassificationDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "HFDatasetDataModule",
+    "HFImageDataModule",
+    "HFTextDataModule",
     "ImageDataModule",
     "ImageFolderDataModule",
     "MNISTDataModule",

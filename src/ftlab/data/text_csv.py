@@ -11,6 +11,7 @@ import numpy as np
 from ftlab.data.base import Splits
 from ftlab.data.splits import Fractions
 from ftlab.data.text import TextDataModule
+from ftlab.data_sources import check_csv_source
 from ftlab.errors import FtlabError
 from ftlab.specs import TextSpec
 
@@ -25,6 +26,12 @@ def _table_path(path: str | None, key: str) -> Path:
     if path is None:
         raise FtlabError(f"data.{key} is not set: point data.{key} at a {'/'.join(SUFFIXES)} file")
     file = Path(path).expanduser()
+    # What only data=hf_dataset reads (a parquet/arrow file, a save_to_disk folder) says so.
+    check_csv_source({key: str(file)})
+    if file.is_dir():
+        raise FtlabError(
+            f"data.{key}={file} is a folder: point data.{key} at a {'/'.join(SUFFIXES)} file"
+        )
     if not file.is_file():
         raise FtlabError(
             f"data.{key}={file} does not exist: point data.{key} at a {'/'.join(SUFFIXES)} file"
@@ -32,7 +39,7 @@ def _table_path(path: str | None, key: str) -> Path:
     if file.suffix.lower() not in SUFFIXES:
         raise FtlabError(
             f"data.{key}={file} has an unknown suffix '{file.suffix}': "
-            f"use one of {', '.join(SUFFIXES)}"
+            f"use one of {', '.join(SUFFIXES)} (or data=hf_dataset for parquet/arrow files)"
         )
     return file
 
