@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ftlab.errors import FtlabError
-from ftlab.finetuning.features import _one_job_computes
+from ftlab.finetuning.features.store import _one_job_computes
 
 HOLD = """
 import fcntl, os, sys, time
