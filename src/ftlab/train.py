@@ -69,6 +69,7 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
             write_json(run_dir / "metrics.json", {"status": "tuned", "tune": tuned})
         return None
     module, data = compose.model_and_data(cfg)  # built whole: plan, phase callback, record
+    module.check_optimized_metric(cfg.get("optimized_metric"))  # before an epoch is spent
     plan = module.plan
     print_plan(plan)
     if cfg.get("plan"):
