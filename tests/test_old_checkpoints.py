@@ -1,5 +1,5 @@
 """Checkpoints written by earlier ftlab code keep loading: tests/data holds one written at
-commit a6b22b7 (before the task seam; LoRA on timm's tiny ViT), by tests/data/make_ckpt_a6b22b7.py."""
+commit a6b22b7 (before the task seam; LoRA on tiny ViT), by tests/data/make_ckpt_a6b22b7.py."""
 
 from __future__ import annotations
 

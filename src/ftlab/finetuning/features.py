@@ -45,7 +45,7 @@ from safetensors.torch import load, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ftlab.checkpoints import first_line
+from ftlab.state_dicts import first_line
 from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FtlabError
 from ftlab.finetuning.plan import HEAD, Plan
