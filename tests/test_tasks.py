@@ -3,6 +3,7 @@ splits, records, metrics and after-fit refusals, with real tiny models and the d
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import sys
@@ -66,6 +67,12 @@ def test_a_multilabel_run_trains_checkpoints_and_evaluates(make_cfg, tmp_path) -
     assert set(metrics["val"]) == {"loss", "f1", "map", "auroc"}
     assert metrics["optimized_metric"] == {"name": "val/map", "value": value}
     assert 0 < metrics["val"]["map"] <= 1 and 0 <= metrics["test"]["auroc"] <= 1
+    # The best checkpoint's validation after fit logs as best/val/*, not as a third epoch.
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len([r for r in rows if r.get("val/map")]) == 2  # trainer.max_epochs=2
+    (best,) = [r for r in rows if r.get("best/val/map")]
+    assert float(best["best/val/map"]) == pytest.approx(value)
     ckpt = load_checkpoint(metrics["best_checkpoint"])
     record = ckpt["ftlab"]
     assert record.classes == ["even", "gt4", "prime"]

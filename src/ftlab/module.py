@@ -102,6 +102,7 @@ class FinetuneModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.task: Task = task if isinstance(task, Task) else build_task(task)
+        self.log_prefix = ""  # "best/" while train.py validates the best checkpoint
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.head_settings = parse_head(
@@ -270,12 +271,15 @@ class FinetuneModule(L.LightningModule):
         loss = self.loss(outputs, targets if loss_targets is None else loss_targets)
         metrics = self._metrics[f"{stage}_"]
         metrics.update(*self.task.predictions(outputs.detach(), targets))
+        # The best checkpoint's validation after fit logs as best/val/* (log_prefix), so that a
+        # CSV reader does not take it for one more epoch's val/*.
+        prefix = self.log_prefix if stage == "val" else ""
         on_step = stage == "train"
         # Lightning reads a progress-bar value back to the host at every step (a sync on a
         # GPU), bar or no bar: the running loss goes there only while a bar shows it.
         bar = self._trainer is not None and self._trainer.progress_bar_callback is not None
         self.log(
-            f"{stage}/loss",
+            f"{prefix}{stage}/loss",
             loss,
             on_step=on_step,
             on_epoch=True,
@@ -283,6 +287,8 @@ class FinetuneModule(L.LightningModule):
             sync_dist=not on_step,
             batch_size=targets.shape[0],
         )
+        if prefix:
+            metrics = {f"{prefix}{name}": metric for name, metric in metrics.items()}
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
