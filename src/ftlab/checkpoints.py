@@ -8,9 +8,7 @@ with one line naming ``ckpt_path`` and the model the checkpoint belongs to.
 from __future__ import annotations
 
 import pickle
-import re
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,8 @@ from torch import nn
 
 from ftlab.errors import FtlabError
 from ftlab.record import ModelRecord, parse_record
+from ftlab.registry import Registry
+from ftlab.state_dicts import first_line, needs_code, state_differences
 
 
 def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
@@ -57,6 +57,13 @@ def load_checkpoint(path: str | None, key: str = "ckpt_path") -> dict[str, Any]:
     return ckpt
 
 
+# The module kinds ftlab rebuilds from a record by itself (ftlab.record.MODULE_KINDS less
+# "custom"): lazy, so this layer names the module class without importing it (torch and
+# Lightning load only once a model is restored; ftlab.module sits above this file).
+MODULES: Registry[Any] = Registry("module kind", key="ftlab.module")
+MODULES.register("classifier", "ftlab.module:Classifier")
+
+
 def restore_module(ckpt: dict[str, Any], path: str = "?") -> tuple[Any, Any]:
     """The trained module and its backbone, rebuilt from the checkpoint's record.
 
@@ -64,28 +71,14 @@ def restore_module(ckpt: dict[str, Any], path: str = "?") -> tuple[Any, Any]:
     backbone is built by ftlab's own builders (ftlab.record), never by a name in the file.
     ``path`` (the ``ckpt_path`` value) only names the file in errors.
     """
-    from ftlab.module import Classifier  # torch and Lightning: only once a model is restored
-
     record: ModelRecord = ckpt["ftlab"]
-    if record.module != Classifier.kind:
+    if record.module not in MODULES:
         raise FtlabError(
             f"ckpt_path={path} holds a {record.module} module, which eval.py does not rebuild "
             "from a file: load it with your module's class (MyModule.load_from_checkpoint)"
         )
-    module = Classifier.from_checkpoint(ckpt, path)
+    module = MODULES.get(record.module).from_checkpoint(ckpt, path)
     return module, module.backbone
-
-
-def needs_code(error: Exception) -> str | None:
-    """The global (``module.name``) a ``weights_only`` load refused to import, if that is why
-    it failed: the file is a pickle that would run code."""
-    found = re.search(r"GLOBAL (\S+)", str(error))
-    return found.group(1) if found else None
-
-
-def first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _load(file: Path) -> Any:
@@ -145,28 +138,6 @@ def check_state(ckpt: dict[str, Any], module: nn.Module, path: str, key: str = "
             f"{differences}; resume with the model settings it was trained with "
             "(model.*, module.head)"
         )
-
-
-def state_differences(
-    state: Mapping[str, Any], expected: Mapping[str, Any], optional: tuple[str, ...] = ()
-) -> str:
-    """How ``state`` differs from ``expected`` key for key and shape for shape, for a message
-    ("2 missing, 0 unexpected and 1 differently shaped keys (e.g. head.weight)"); "" if it fits.
-    Expected keys ending in one of ``optional`` may be missing."""
-    missing = [k for k in expected if k not in state and not k.endswith(optional)]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [
-        k
-        for k in state
-        if k in expected and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)
-    ]
-    if not (missing or unexpected or reshaped):
-        return ""
-    example = (missing or unexpected or reshaped)[0]
-    return (
-        f"{len(missing)} missing, {len(unexpected)} unexpected and {len(reshaped)} differently "
-        f"shaped keys (e.g. {example})"
-    )
 
 
 def _few(items: list[Any], limit: int = 6) -> str:

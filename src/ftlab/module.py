@@ -54,6 +54,9 @@ from ftlab.tasks import build_task
 from ftlab.tasks.base import Task
 
 STAGES = ("train", "val", "test")
+# Constructor arguments ftlab builds itself (from the config, or the checkpoint's record): never
+# saved as hyperparameters.
+BUILT_ARGS = ("backbone", "freeze", "optimization", "task")
 
 
 def make_head(
@@ -99,6 +102,7 @@ class FinetuneModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.task: Task = task if isinstance(task, Task) else build_task(task)
+        self.log_prefix = ""  # "best/" while train.py validates the best checkpoint
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.head_settings = parse_head(
@@ -183,6 +187,26 @@ class FinetuneModule(L.LightningModule):
         """What ``metrics.json`` records under ``module`` about the module's own work."""
         return {}
 
+    def logged_metrics(self) -> list[str]:
+        """Every name the steps log (``train/loss``, ``val/acc``, ...): what
+        ``optimized_metric`` and the checkpoint's monitor may name."""
+        names = [f"train/{n}" for n in ("loss", *self.train_metrics())]
+        return names + [f"{s}/{n}" for s in ("val", "test") for n in ("loss", *self.metrics())]
+
+    def check_optimized_metric(self, names: Any) -> None:
+        """Refuse, before training, an ``optimized_metric`` (a name or a list) that these
+        steps never log, in one line naming the ones they do. Names outside the steps'
+        stages (e.g. ``trainable_params``, a search objective from metrics.json) pass."""
+        logged = self.logged_metrics()
+        for name in [names] if isinstance(names, str) else list(names or []):
+            if str(name).split("/")[0] in STAGES and name not in logged:
+                ours = [n for n in logged if n.startswith("val/")]
+                suggestion = self.task.metric if self.task.metric in ours else ours[-1]
+                raise FtlabError(
+                    f"optimized_metric={name} is not among this module's metrics "
+                    f"{', '.join(ours)}: set optimized_metric={suggestion}"
+                )
+
     # -- layer groups and the plan -------------------------------------------------------------
 
     def layer_groups(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -247,12 +271,15 @@ class FinetuneModule(L.LightningModule):
         loss = self.loss(outputs, targets if loss_targets is None else loss_targets)
         metrics = self._metrics[f"{stage}_"]
         metrics.update(*self.task.predictions(outputs.detach(), targets))
+        # The best checkpoint's validation after fit logs as best/val/* (log_prefix), so that a
+        # CSV reader does not take it for one more epoch's val/*.
+        prefix = self.log_prefix if stage == "val" else ""
         on_step = stage == "train"
         # Lightning reads a progress-bar value back to the host at every step (a sync on a
         # GPU), bar or no bar: the running loss goes there only while a bar shows it.
         bar = self._trainer is not None and self._trainer.progress_bar_callback is not None
         self.log(
-            f"{stage}/loss",
+            f"{prefix}{stage}/loss",
             loss,
             on_step=on_step,
             on_epoch=True,
@@ -260,6 +287,8 @@ class FinetuneModule(L.LightningModule):
             sync_dist=not on_step,
             batch_size=targets.shape[0],
         )
+        if prefix:
+            metrics = {f"{prefix}{name}": metric for name, metric in metrics.items()}
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
@@ -273,6 +302,28 @@ class FinetuneModule(L.LightningModule):
         self.step(*batch, "test")
 
     # -- checkpoints -----------------------------------------------------------------------------
+
+    def save_hyperparameters(
+        self,
+        *args: Any,
+        ignore: Sequence[str] | str | None = None,
+        frame: Any = None,
+        logger: bool = True,
+    ) -> None:
+        """Lightning's, with the arguments ftlab builds and records itself left out.
+
+        The backbone (an nn.Module, in the state dict), the freeze spec and the optimization
+        (frozen dataclasses, which Lightning's ``apply_to_collection`` refuses when it logs
+        them: ``FrozenInstanceError``) and the task (in the record) are not hyperparameters
+        a checkpoint holds; the record rebuilds them. What is left is plain values (a module of
+        your own's arguments, ``num_classes``, ``classes``, ``head``), which
+        :meth:`load_from_checkpoint` passes back.
+        """
+        import inspect
+
+        own = [ignore] if isinstance(ignore, str) else list(ignore or [])
+        frame = frame or inspect.currentframe().f_back  # type: ignore[union-attr]
+        super().save_hyperparameters(*args, ignore=[*own, *BUILT_ARGS], frame=frame, logger=logger)
 
     def _record(self, classes: list[Any], lora: dict[str, Any] | None) -> ModelRecord | None:
         """What checkpoints say about this model (ftlab.record): eval.py rebuilds it from that."""
@@ -308,7 +359,13 @@ class FinetuneModule(L.LightningModule):
         from ftlab.checkpoints import load_checkpoint
 
         path = str(checkpoint_path)
-        module = cls.from_checkpoint(load_checkpoint(path, key="checkpoint_path"), path, **kwargs)
+        ckpt = load_checkpoint(path, key="checkpoint_path")
+        # What save_hyperparameters() kept (plain values): the constructor gets them back, and
+        # a value the caller passes wins, as in Lightning.
+        saved = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items()}
+        for key in (*BUILT_ARGS, "num_classes", "classes", "head"):  # from the record
+            saved.pop(key, None)
+        module = cls.from_checkpoint(ckpt, path, **{**saved, **kwargs})
         if map_location is not None:
             module.to(map_location)
         return module.eval()

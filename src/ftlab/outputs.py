@@ -18,7 +18,11 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def strip_prefix(metrics: dict[str, float], stage: str) -> dict[str, float]:
-    """``{"val/acc": x}`` -> ``{"acc": x}`` for the stage's own keys."""
+def strip_prefix(metrics: dict[str, float], stage: str, keep: bool = False) -> dict[str, float]:
+    """``{"val/acc": x}`` -> ``{"acc": x}`` for the stage's own keys (``keep``: the other keys
+    stay as they are, e.g. ``best/val/acc`` -> ``val/acc`` beside them)."""
     prefix = f"{stage}/"
-    return {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+    stripped = {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+    if keep:
+        return {**{k: v for k, v in metrics.items() if not k.startswith(prefix)}, **stripped}
+    return stripped

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ftlab.adapters.settings import parse_lora
+from ftlab.backbones.base import BackboneRecord
 from ftlab.errors import FtlabError
 
 FORMAT = 1  # bump when a field changes meaning; parse_record refuses formats it does not know
@@ -45,19 +47,6 @@ UNSAFE_OPTION_WORDS = (
     "impl", "kernel", "plugin", "hook", "import",
 )  # fmt: skip
 OPTION_WORD = re.compile(r"[A-Za-z0-9_.+-]{0,64}")
-MODULE_NAME = re.compile(r"[A-Za-z0-9_.]{1,300}")  # a LoRA target, e.g. blocks.0.attn.qkv
-
-
-@dataclass(frozen=True)
-class BackboneRecord:
-    """The backbone as ftlab's builders make it: ``kind`` picks the builder (timm or hf)."""
-
-    kind: str
-    name: str
-    pretrained: bool = True
-    weights: str | None = None  # as the run gave it: a path, ``package:<dist>`` or None (hub)
-    options: dict[str, Any] = field(default_factory=dict)
-    weights_id: str = ""  # the pretrained start (ftlab.backbones.base), for reports and caches
 
 
 @dataclass(frozen=True)
@@ -224,27 +213,6 @@ def parse_head(head: Any, where: str, at: str = "ftlab.head") -> dict[str, Any]:
             raise FtlabError(f"{where}: {at}.hidden={hidden!r} must be an integer in [1, 65536]")
         out["hidden"] = hidden
     return out
-
-
-def parse_lora(lora: Any, where: str, at: str = "ftlab.lora") -> dict[str, Any] | None:
-    """LoRA settings from a file (a record, or an adapter directory's config), checked."""
-    if lora is None:
-        return None
-    if not isinstance(lora, Mapping):
-        raise FtlabError(f"{where}: {at} must be null or a mapping of LoRA settings")
-    _known_keys(lora, ("r", "alpha", "dropout", "target_modules"), where, at)
-    r, alpha, dropout, targets = (lora.get(k) for k in ("r", "alpha", "dropout", "target_modules"))
-    if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 4096):
-        raise FtlabError(f"{where}: {at}.r={r!r} must be an integer in [1, 4096]")
-    if not (_is_number(alpha) and alpha > 0) or not (_is_number(dropout) and 0 <= dropout < 1):
-        raise FtlabError(f"{where}: {at}.alpha must be > 0 and {at}.dropout in [0, 1)")
-    if not (
-        isinstance(targets, list)
-        and targets
-        and all(isinstance(t, str) and MODULE_NAME.fullmatch(t) for t in targets)
-    ):
-        raise FtlabError(f"{where}: {at}.target_modules must be a list of module names")
-    return {"r": r, "alpha": float(alpha), "dropout": float(dropout), "target_modules": targets}
 
 
 def parse_peft(peft: Any, where: str, at: str = "ftlab.peft") -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ log = logging.getLogger("ftlab")
 # Lightning's own checkpoint loads: plain tensors and values only, never a pickle's code (the
 # file was checked by ftlab.checkpoints too; this also holds if it changed since).
 SAFE = {"weights_only": True}
+BEST = "best/"  # the loggers' names of the best checkpoint's validation after fit
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -77,6 +78,7 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
             write_json(run_dir / "metrics.json", {"status": "tuned", "tune": tuned})
         return None
     module, data = compose.model_and_data(cfg)  # built whole: plan, phase callback, record
+    module.check_optimized_metric(cfg.get("optimized_metric"))  # before an epoch is spent
     plan = module.plan
     print_plan(plan)
     if cfg.get("plan"):
@@ -154,7 +156,12 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         if module.auto_rgn and trainer.is_global_zero:
             module.auto_rgn.plot(run_dir / "auto_rgn.png")
         best = _best_checkpoint(trainer)
-        val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
+        module.log_prefix = BEST  # logged as best/val/*: not one more epoch's row of val/*
+        try:
+            val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
+        finally:
+            module.log_prefix = ""
+        val = [strip_prefix(v, "best", keep=True) for v in val]  # val/* again, from here on
         test = (
             trainer.test(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
             if cfg.test

@@ -8,9 +8,9 @@ from ftlab.adapters.lora import (
     load_adapter,
     merge_lora,
     save_adapter,
-    save_run_adapter,
 )
 from ftlab.adapters.peft_methods import METHODS, add_peft, inject_peft
+from ftlab.adapters.run import save_run_adapter
 
 # peft itself is imported only by the functions that inject, save, load or merge adapters.
 

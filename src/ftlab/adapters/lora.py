@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ftlab.adapters.settings import parse_lora
 from ftlab.errors import FtlabError
 from ftlab.finetuning.spec import FreezeSpec
-from ftlab.record import parse_lora
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -295,45 +295,3 @@ def _compile(pattern: str, prefix: str) -> re.Pattern[str]:
     except re.error as err:
         message = f"{prefix}target_modules={pattern!r} is not a valid regex: {err}"
         raise FtlabError(message) from None
-
-
-def save_run_adapter(module: nn.Module, trained: set[str], out: Path) -> dict[str, Any]:
-    """At the end of a LoRA or peft run: write the adapter and head to ``out``; return what
-    metrics.json records about them (under ``lora``, or ``peft`` for freeze=peft)."""
-    if module.record.peft:
-        from ftlab.adapters.peft_methods import run_report, save_peft_adapter
-
-        settings = module.record.peft
-        size = save_peft_adapter(module.backbone, module.head, settings, out)
-        report = run_report(module, settings, size)
-        return {
-            **report,
-            "adapter_dir": str(out),
-            "base_weights_trained": _base_trained(trained, out),
-        }
-    settings = module.record.lora
-    size = save_adapter(module.backbone, module.head, settings, out)
-    return {
-        "r": settings["r"],
-        "alpha": settings["alpha"],
-        "dropout": settings["dropout"],
-        "modules": len(settings["target_modules"]),
-        "adapter_params": adapter_numel(module.backbone),
-        "adapter_dir": str(out),
-        "adapter_bytes": size,
-        "base_weights_trained": _base_trained(trained, out),
-    }
-
-
-def _base_trained(trained: set[str], out: Path) -> bool:
-    """Whether the run trained base weights too (then the adapter alone is not the model)."""
-    base = sorted(n for n in trained if n.startswith("backbone.") and not is_adapter_param(n))
-    if base:
-        log.warning(
-            "%d base weights trained too (e.g. %s): %s holds only the adapter and head; the "
-            "checkpoint and `python eval.py export=merged ckpt_path=...` hold the whole model",
-            len(base),
-            base[0],
-            out,
-        )
-    return bool(base)

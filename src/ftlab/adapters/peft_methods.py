@@ -217,7 +217,7 @@ def run_report(module: nn.Module, settings: Mapping[str, Any], size: int) -> dic
 def parse_settings(value: Any, where: str, at: str = "ftlab.peft") -> dict[str, Any]:
     """peft settings from a file (a checkpoint's record), checked: a method of :data:`METHODS`,
     keys ftlab passes on, plain values, and target modules as module names."""
-    from ftlab.record import MODULE_NAME
+    from ftlab.adapters.settings import MODULE_NAME
 
     if not isinstance(value, Mapping) or set(value) != {"method", "config"}:
         raise FtlabError(f"{where}: {at} must be null or a mapping {{method, config}}")

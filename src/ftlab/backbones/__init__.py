@@ -52,7 +52,7 @@ def build_backbone(
     Raises:
         FtlabError: unknown name, unreachable hub, missing or unusable weights.
     """
-    from ftlab.record import BackboneRecord
+    from ftlab.backbones.base import BackboneRecord
 
     # A training switch, not an architecture setting: applied here, never recorded.
     checkpointing = bool(extra.pop("grad_checkpointing", False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -81,3 +82,16 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weights_id={self.weights_id!r}"
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """How a backbone was built, as plain values: what checkpoints record (ftlab.record) to
+    rebuild it through ftlab's builders; ``kind`` picks the builder (timm or hf)."""
+
+    kind: str
+    name: str
+    pretrained: bool = True
+    weights: str | None = None  # as the run gave it: a path, ``package:<dist>`` or None (hub)
+    options: dict[str, Any] = field(default_factory=dict)
+    weights_id: str = ""  # the pretrained start (ftlab.backbones.base), for reports and caches

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ftlab.checkpoints import needs_code, state_differences
 from ftlab.errors import FtlabError
+from ftlab.state_dicts import needs_code, state_differences
 
 PACKAGE_PREFIX = "package:"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")

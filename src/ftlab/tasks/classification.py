@@ -26,6 +26,12 @@ class Classification(Task):
     evaluations = frozenset({"ood", "wise_ft", "drift", "soups", "forgetting"})
 
     def split(self, targets: np.ndarray, fractions: Fractions, seed: int) -> dict[str, np.ndarray]:
+        if np.ndim(targets) != 1:  # e.g. multi-hot labels: per-class strata would not fit them
+            raise FtlabError(
+                f"task=classification splits one class index per sample, this data's targets "
+                f"are {np.shape(targets)}: for multi-hot labels use task=multilabel, for "
+                "float values task=regression"
+            )
         return stratified_split(targets, fractions, seed)
 
     def check_targets(self, targets: torch.Tensor, width: int, where: str) -> None:

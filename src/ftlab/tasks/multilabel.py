@@ -50,6 +50,12 @@ class Multilabel(Task):
         return {"pos_weight": self.pos_weight, "threshold": self.threshold}
 
     def split(self, targets: np.ndarray, fractions: Fractions, seed: int) -> dict[str, np.ndarray]:
+        if np.ndim(targets) != 2:
+            raise FtlabError(
+                f"task=multilabel splits multi-hot targets [N, C], this data's are "
+                f"{np.shape(targets)}: for one class index per sample use task=classification "
+                "(data=digits_multilabel gives the digits three labels)"
+            )
         parts, missing = label_set_split(targets, fractions, seed)
         if missing:
             log.warning("task=multilabel split: %s (the split goes on)", "; ".join(missing))

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ftlab import lock_wait
-from ftlab.checkpoints import first_line
+from ftlab.state_dicts import first_line
 from ftlab.progress import LOG_EVERY_S, track
 
 log = logging.getLogger("ftlab")
