@@ -207,8 +207,8 @@ def build_causal_backbone(
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from ftlab.backbones.base import BackboneRecord
     from ftlab.backbones.hf_backbone import _no_progress_bar
-    from ftlab.record import BackboneRecord
 
     del init_from  # applied to the whole module by ftlab.compose
     attn = extra.pop("attn_implementation", "sdpa")

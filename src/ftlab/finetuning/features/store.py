@@ -23,9 +23,9 @@ from safetensors.torch import load, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ftlab import lock_wait
-from ftlab.state_dicts import first_line
+import ftlab.lock_wait as lock_wait
 from ftlab.progress import LOG_EVERY_S, track
+from ftlab.state_dicts import first_line
 
 log = logging.getLogger("ftlab")
 
