@@ -238,6 +238,18 @@ NUMBERS: tuple[Rule, ...] = (
     _r("data.split_seed", Count(0), example=0),
     _r("data.max_train_samples", Count(1), example=1000, null=True),
     _r("data.val_size", Count(1, 59999), example=5000),  # of Fashion-MNIST's 60,000
+    _r("data.max_eval_samples", Count(1), example=64, null=True),  # language-model data
+    _r("data.max_chars", Count(1), example=400, null=True),  # an article's characters (bbc_topic)
+    _r("data.shuffle_block", Count(1, note="rows"), example=1024),  # data.streaming=true
+    _r("data.num_shards", Count(1), example=8),  # data=hf_dataset: a stream's shards
+    # conf/task
+    _r("task.pos_weight", POSITIVE, example=2.0),  # multilabel: BCE's weight of a positive
+    _r("task.threshold", Real(0, 1, low_open=True, high_open=True), example=0.5),
+    _r("task.huber_delta", POSITIVE, example=1.0),  # regression with task.loss=huber
+    # task=causal_lm: greedy generation in validation, forgetting perplexity before/after
+    _r("eval.generate.max_new_tokens", Count(1), example=16),
+    _r("eval.generate.samples", Count(0), example=8),
+    _r("eval.forgetting_samples", Count(1), example=64),
     _r("data.ood[].severity", Count(1, 5), example=3),
     # conf/tune
     _r("tune.min_lr", POSITIVE, example="1e-7"),
