@@ -142,6 +142,19 @@ def test_the_cli_prints_one_line_or_one_error(lora_run, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert "no such file" in bad.stderr
+    # export=merged from the command line: the folder gives the checkpoint's logits.
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "merged"
+    merged = subprocess.run([*cmd[:4], "export=merged", f"out={out}"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert merged.returncode == 0, merged.stderr[-1000:]
+    assert merged.stdout.strip().splitlines()[-1] == str(out)
+    x = torch.tensor([[5, 9, 17, 33, 2]])
+    with torch.no_grad():
+        ours = load_causal_lm(ckpt)({"input_ids": x, "attention_mask": torch.ones_like(x)})
+        theirs = AutoModelForCausalLM.from_pretrained(str(out)).eval()(input_ids=x).logits
+    assert torch.allclose(theirs, ours, atol=1e-4)
 
 
 def test_a_checkpoint_without_the_lm_record_is_refused(tmp_path):
