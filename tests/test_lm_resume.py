@@ -13,14 +13,18 @@ from tests.lm_tiny import tiny_causal_dir
 from tests.test_faults import ENV, pause, start, wait_for
 from tests.test_lm_train import TINY
 
-# 24 examples in batches of 8: 3 steps an epoch, 3 epochs, a new phase every epoch (gradual),
-# LoRA-style dropout in the attention so that the RNG's state matters too.
+# 24 examples in batches of 8: 3 steps an epoch, 3 epochs; gradual unfreezing (a new phase
+# every epoch) or LoRA; dropout in the attention (and LoRA's) so that the RNG's state matters.
 STEPS = 3
 RUN = [
-    *TINY, "data=bbc_topic", "data.max_chars=80", "freeze=gradual", "trainer.max_epochs=3",
+    *TINY, "data=bbc_topic", "data.max_chars=80", "trainer.max_epochs=3",
     "deterministic=true", "callbacks.last_checkpoint.every_n_train_steps=1",
     "+model.attention_dropout=0.2",
 ]  # fmt: skip
+METHODS = {
+    "gradual": ["freeze=gradual"],
+    "lora": ["freeze=peft", "freeze.method=lora", "+freeze.peft.lora_dropout=0.2"],
+}
 # (stage, global step) of each SIGKILL, in turn, in one run directory.
 # Mid-epoch 1, before step 5's save: step 4's. During the last epoch's validation: step 8's
 # (step 9's waits for the epoch end).
@@ -32,9 +36,10 @@ def final_state(run_dir):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_and_in_validation_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("method", list(METHODS))
+def test_sigkill_mid_epoch_and_in_validation_resumes_to_the_same_weights(tmp_path, method):
     tiny = tiny_causal_dir(tmp_path)
-    run = [*RUN, f"model.weights={tiny}"]
+    run = [*RUN, *METHODS[method], f"model.weights={tiny}"]
     reference = tmp_path / "reference"
     done = run_cli("train.py", *run, run_dir=reference, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
