@@ -15,7 +15,8 @@ failing check does not stop the others; a check past the time budget is skipped,
   the CPU): ftlab adds nothing but FaultGuard's check every ``faults.check_every`` steps;
 - ``step_ratio``: ftlab's step time over a hand-written loop's (same module, optimizer, batch)
   for a ViT (timm vit_tiny_patch16_224, random init; test_vit in a dry run), and with ``--lm``
-  for a causal LM LoRA (skipped with a note while ftlab has no causal LM task);
+  for a causal LM LoRA (ftlab.lm's CausalLM, freeze=lora, on a random Llama built in code,
+  against transformers + peft by hand; the first losses must agree);
 - ``compile``: ``compile=true`` (ftlab.devices.compile_backbone) trains and matches eager losses
   to a tolerance;
 - ``fsdp``: trainer=fsdp's strategy (ftlab.sharding) on one GPU, gradual unfreezing, bf16-mixed.
@@ -26,7 +27,6 @@ The JSON holds the device name, torch and CUDA versions, the commit and the date
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import subprocess
@@ -66,6 +66,12 @@ class Sizes:
         self.batch = 4 if dry else 32
         self.steps = 3 if dry else 20
         self.warmup = 1 if dry else 5
+        # The causal LM of --lm: a random Llama, batch x sequence tokens a step.
+        self.lm_hidden = 64 if dry else 512
+        self.lm_layers = 2 if dry else 8
+        self.lm_vocab = 256 if dry else 8192
+        self.lm_seq = 32 if dry else 256
+        self.lm_batch = 2 if dry else 8
 
 
 def accelerator(device: str) -> str:
@@ -221,7 +227,9 @@ def _hand_seconds(module, batches: list, device: str, warmup: int) -> float:
     return time.perf_counter() - start
 
 
-def _ftlab_seconds(module, data, device: str, warmup: int, steps: int) -> float:
+def _ftlab_seconds(
+    module, data, device: str, warmup: int, steps: int, callbacks: list | None = None
+) -> float:
     import lightning as L
 
     class Clock(L.Callback):
@@ -237,7 +245,7 @@ def _ftlab_seconds(module, data, device: str, warmup: int, steps: int) -> float:
             self.end = time.perf_counter()
 
     clock = Clock()
-    trainer(device, steps, precision="bf16-mixed", callbacks=[clock]).fit(
+    trainer(device, steps, precision="bf16-mixed", callbacks=[clock, *(callbacks or [])]).fit(
         module, train_dataloaders=data
     )
     return clock.end - clock.start
@@ -263,20 +271,133 @@ def check_step_ratio(device: str, sizes: Sizes, lm: bool) -> dict:
             "batch": sizes.batch,
         }
     result: dict[str, Any] = {"cases": out}
-    if lm:
-        result["causal_lm_lora"] = _causal_lm_ratio(device, sizes)
     # 5% is the CPU target (benchmarks/bench_overhead.py); on a GPU tiny steps leave Python's
     # per-step work visible, so the target here is informative.
     result["ok"] = all(v["ratio"] <= 1.25 for v in out.values()) or sizes.steps <= 3
+    if lm:
+        lm_result = _causal_lm_ratio(device, sizes)
+        result["causal_lm_lora"] = lm_result
+        result["ok"] = result["ok"] and lm_result["ok"]
     return result
 
 
+LM_LORA = {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+
+
+def _tiny_llama(sizes: Sizes):
+    """A random Llama built from a config in code (no download, no tokenizer files)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, layers, vocab = sizes.lm_hidden, sizes.lm_layers, sizes.lm_vocab
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 2),
+        num_key_value_heads=max(hidden // 64, 2), max_position_embeddings=sizes.lm_seq,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+
+
+def _lm_batches(sizes: Sizes, count: int) -> list[dict]:
+    """Prompt-completion rows: the first quarter of each row is prompt (label -100)."""
+    import torch
+
+    from ftlab.lm.formats import IGNORE
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(0, sizes.lm_vocab, (sizes.lm_batch, sizes.lm_seq), generator=g)
+        labels = ids.clone()
+        labels[:, : sizes.lm_seq // 4] = IGNORE
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return out
+
+
+def _hand_lm(model, batches: list[dict], device: str, warmup: int) -> tuple[float, list, int]:
+    """transformers + peft, written by hand: LoRA on q/v plus the final norm (what ftlab's
+    LoRA plan trains), AdamW, bf16 autocast, the model's own shifted loss."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=LM_LORA["r"], lora_alpha=LM_LORA["alpha"], lora_dropout=LM_LORA["dropout"],
+        target_modules=LM_LORA["target_modules"],
+    )  # fmt: skip
+    model = get_peft_model(model, config)
+    model.base_model.model.model.norm.weight.requires_grad_(True)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    losses, start = [], 0.0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = model(**batch, use_cache=False).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return seconds, [float(v) for v in torch.stack(losses).cpu()], sum(p.numel() for p in params)
+
+
+def _ftlab_lm(model, batches: list[dict], device: str, warmup: int) -> tuple[float, list, int]:
+    """ftlab's CausalLM (task=causal_lm's module) with freeze=lora, through Lightning."""
+    import torch
+
+    from ftlab.backbones.hf_causal import CausalLMBackbone
+    from ftlab.finetuning.optimization import Optimization
+    from ftlab.lm.module import CausalLM
+
+    backbone = CausalLMBackbone(model, None, "tiny-llama", "random", "random")
+    freeze = {"name": "lora", **LM_LORA}
+    module = CausalLM(backbone, freeze=freeze, optimization=Optimization(lr=1e-3))
+    module.samples = 0  # no generation: the step alone is timed
+    trainable = sum(p.numel() for n, p in module.named_parameters()
+                    if n in module.plan.trainable(0))  # fmt: skip
+    from torch.utils.data import DataLoader
+
+    losses = Losses()
+    data = DataLoader(batches, batch_size=None)  # the same prepared batches, in order
+    seconds = _ftlab_seconds(module, data, device, warmup, len(batches), callbacks=[losses])
+    return seconds, [float(v) for v in torch.stack(losses.values).float().cpu()], trainable
+
+
 def _causal_lm_ratio(device: str, sizes: Sizes) -> dict:
-    """Enabled once ftlab has task=causal_lm (the lm work, src/ftlab/lm): then time its LoRA
-    step against a hand loop here, like the ViT above."""
-    if importlib.util.find_spec("ftlab.lm") is None:
-        return {"skipped": "ftlab has no causal LM task yet (no ftlab.lm): nothing to time"}
-    return {"skipped": "ftlab.lm exists: wire its LoRA module into _causal_lm_ratio"}
+    """ftlab's causal-LM LoRA step (ftlab.lm.module.CausalLM, freeze=lora) over a hand-written
+    transformers + peft loop's, on the same random Llama, batches and trained parameters. The
+    first losses must agree: LoRA's B starts at zero, so step 0 is the base model's loss."""
+    import copy
+
+    total = sizes.warmup + sizes.steps
+    batches = _lm_batches(sizes, total)
+    base = _tiny_llama(sizes)
+    hand, hand_losses, hand_params = _hand_lm(copy.deepcopy(base), batches, device, sizes.warmup)
+    ours, our_losses, our_params = _ftlab_lm(copy.deepcopy(base), batches, device, sizes.warmup)
+    same_start = math.isclose(hand_losses[0], our_losses[0], rel_tol=2e-2)
+    return {
+        "ok": same_start and hand_params == our_params and all(map(math.isfinite, our_losses)),
+        "ratio": round(ours / hand, 3),
+        "ftlab_step_ms": round(1000 * ours / sizes.steps, 2),
+        "hand_step_ms": round(1000 * hand / sizes.steps, 2),
+        "tokens_per_s": {
+            "ftlab": round(sizes.lm_batch * sizes.lm_seq * sizes.steps / ours),
+            "hand": round(sizes.lm_batch * sizes.lm_seq * sizes.steps / hand),
+        },
+        "first_loss": {"ftlab": round(our_losses[0], 4), "hand": round(hand_losses[0], 4)},
+        "trainable_params": {"ftlab": our_params, "hand": hand_params},
+        "model": f"random Llama hidden={sizes.lm_hidden} layers={sizes.lm_layers} "
+        f"vocab={sizes.lm_vocab}",
+        "batch": [sizes.lm_batch, sizes.lm_seq],
+        "lora": LM_LORA,
+    }
 
 
 def check_compile(device: str, sizes: Sizes) -> dict:

@@ -233,6 +233,8 @@ def test_gpu_check_dry_run_on_the_cpu_writes_its_json(tmp_path: Path) -> None:
     assert {"vit/none", "vit/lora"} <= set(ratio["cases"]) and ratio["cases"]["vit/none"][
         "ratio"
     ] > 0
-    assert "skipped" in ratio["causal_lm_lora"]  # until ftlab has a causal LM task
+    lm = ratio["causal_lm_lora"]  # ftlab.lm's LoRA step against transformers + peft by hand
+    assert lm["ok"] and lm["ratio"] > 0 and lm["first_loss"]["ftlab"] == lm["first_loss"]["hand"]
+    assert lm["trainable_params"]["ftlab"] == lm["trainable_params"]["hand"] > 0
     fsdp = body["checks"]["fsdp"]
     assert fsdp["ok"] and fsdp["units"] > 0 and len(fsdp["rank_checksums"]) == 1

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ftlab.data.base import EpochShuffle
+from ftlab.data.resumable import ResumableLoader
 from ftlab.errors import FtlabError
 from ftlab.lm.formats import Tokenized, check_loss_on, encode
 from ftlab.lm.packing import Collate, padding_share
@@ -115,12 +117,19 @@ class LMDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.split_seed)
-        return DataLoader(
+        # The classifier data's loader (ftlab.data.base): a shuffle that depends only on
+        # (seed, epoch) and shards itself over DDP ranks, and a loader whose position a
+        # checkpoint holds, so that a run resumed mid-epoch takes the uninterrupted run's
+        # batches (ftlab.data.resumable; ExactResume in ftlab.lm.edge applies it). A plain
+        # DataLoader(shuffle=True) draws the order from a generator a checkpoint does not keep,
+        # and Lightning restarts an interrupted epoch from its first batch.
+        sampler = (
+            EpochShuffle(len(self.tokenized[split]), torch.initial_seed()) if shuffle else None
+        )
+        return ResumableLoader(
             self.tokenized[split],  # type: ignore[arg-type]
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
         )

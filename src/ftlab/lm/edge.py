@@ -21,6 +21,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from ftlab import compose
+from ftlab.data.resumable import ExactResume
 from ftlab.devices import check_devices
 from ftlab.errors import FtlabError
 from ftlab.faults import AtomicCheckpointIO, FaultGuard, recorded
@@ -124,7 +125,8 @@ def train_causal_lm(cfg: DictConfig, run: RunDir) -> float | None:
     loggers = compose.loggers(cfg)
     settings = compose.run_settings(cfg, plan)
     log_settings(loggers, settings)
-    callbacks = [*compose.callbacks(cfg, logging=bool(loggers)), guard, *progress]
+    # ExactResume: a resume mid-epoch continues at the saved batch, with the saved RNGs.
+    callbacks = [*compose.callbacks(cfg, logging=bool(loggers)), guard, *progress, ExactResume()]
     adalora = AdaLoRAAllocation.for_module(module)
     if adalora is not None:
         callbacks.append(adalora)

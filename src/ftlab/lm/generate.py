@@ -111,36 +111,36 @@ def prompt_tokens(module: Any, prompt: str, chat: bool | None = None) -> list[in
 
 def export_merged(module: Any, out: Path) -> Path:
     """A plain transformers folder: LoRA / peft adapters folded into the base weights (prompt
-    learning cannot fold: its virtual tokens are inputs, refused in one line)."""
+    learning cannot fold: its virtual tokens are inputs, refused in one line).
+
+    Whether to merge is read from the model itself (any peft layer in it), not from the
+    module's record: a module rebuilt by :func:`load_causal_lm` gets its adapters injected
+    from the checkpoint's ``ftlab_lm`` entry and has no ``freeze`` record, and an unmerged
+    save writes ``q_proj.base_layer.weight`` / ``lora_*`` keys that transformers drops on
+    load, re-initialising ``q_proj.weight`` at random (the bug this guards against). The merge
+    runs on a copy, so ``module`` keeps its adapters.
+    """
+    import copy
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from ftlab.adapters import is_adapter_param, merge_lora
+
     if module.prompt_learning:
         raise FtlabError(
             "export=merged: prompt learning's virtual tokens are inputs, not weights, so they "
             "cannot fold into the model; load the run's adapter/ with AutoPeftModelForCausalLM"
         )
     model = module.backbone.model
-    if module.record and (module.record.lora or module.record.peft):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for layer in list(model.modules()):
-            if isinstance(layer, BaseTunerLayer):
-                layer.merge()
-        model = _strip_adapters(model)
+    if any(isinstance(layer, BaseTunerLayer) for layer in model.modules()):
+        model = merge_lora(copy.deepcopy(model))
+    left = [n for n in model.state_dict() if is_adapter_param(n) or ".base_layer." in n]
+    if left:  # transformers would silently drop these and re-initialise the layer
+        raise FtlabError(f"export=merged: {left[0]} is still an adapter tensor after merging")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     module.backbone.tokenizer.save_pretrained(out)
     return out
-
-
-def _strip_adapters(model: Any) -> Any:
-    """Replace every merged peft layer by its base layer (the weights already hold the delta)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for name, layer in list(model.named_modules()):
-        if isinstance(layer, BaseTunerLayer) and name:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, layer.get_base_layer())
-    return model
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, str]:
