@@ -20,7 +20,7 @@ from ftlab.errors import FtlabError
 
 # The edge: the only modules that may import Hydra or OmegaConf (ARCHITECTURE.md).
 EDGE = ("ftlab.cli", "ftlab.train", "ftlab.evaluate", "ftlab.compose", "ftlab.sweeps")
-EDGE += ("ftlab.exports", "ftlab.trainer_keys")
+EDGE += ("ftlab.exports", "ftlab.trainer_keys", "ftlab.lm.edge")
 
 
 def library_modules() -> list[str]:
