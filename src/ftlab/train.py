@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,10 @@ def _run(cfg: DictConfig, run: RunDir) -> float | None:
 
 
 def _train(cfg: DictConfig, run: RunDir) -> float | None:
+    """Build, fit, validate and test the best checkpoint, then write metrics.json (rank 0)."""
     started = time.perf_counter()
     run_dir = run.path
-    quiet_lightning()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    check_devices(cfg.trainer)  # before building anything: a wrong device count fails at once
-
+    _prepare(cfg)
     tuned = _tune(cfg, run_dir) if cfg.get("tune") else None  # sets optimizer.lr or batch_size
     if tuned is not None and not cfg.get("train", True):
         if is_global_zero():
@@ -82,15 +81,92 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     plan = module.plan
     print_plan(plan)
     if cfg.get("plan"):
-        path = run_dir / "schedule.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(plan.to_schedule(), sort_keys=False))
-        log.info(
-            "plan only; schedule written to %s (use freeze=schedule freeze.phases=%s)", path, path
-        )
-        return None
+        return _write_schedule(plan, run_dir)
+    # Each of these checks its settings before fit: a bad one costs no epoch.
+    evaluation = _run_evaluation(cfg, module, data)
+    forgetting = _forgetting(cfg, module, data)
+    cache, fit_data = _fit_data(cfg, module, data)
+    setup = _fit_setup(cfg, run_dir, plan, cache)
+    trainer = setup.trainer
+    total = _log_parameters(module, plan)
+    check_resume(run.ckpt_path, module)  # one line naming the checkpoint's model
+    if run.ckpt_path:
+        log.info("resuming from %s", run.ckpt_path)
+    identity = {"model": {"name": cfg.model.name}, "seed": cfg.seed}
+    with recorded(trainer, run_dir, identity):  # metrics.json says interrupted or failed
+        trainer.fit(module, datamodule=fit_data, ckpt_path=run.ckpt_path, **SAFE)
+        fitted = _evaluate_best(cfg, run_dir, trainer, module, data)
+        fitted.extra = _after_fit(cfg, run_dir, setup, module, data, fitted, evaluation, forgetting)
+    val, test = fitted.val_row, fitted.test_row
+    log_settings(setup.loggers, setup.settings, metrics={**val, **test})
+    finish(setup.loggers)
+
+    metrics = _metrics(cfg, module, data, trainer, cache, fitted, tuned, total, started)
+    metrics.update(pruned_status(trainer))  # an Optuna pruner stopped it: status, epoch, value
+    value = _optimized(cfg, val, test)
+    metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": value}
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        log_artifacts(setup.loggers, run_dir, fitted.best, module.record.to_dict())  # MLflow
+        _log_result(cfg, metrics, value, run_dir)
+    return value
+
+
+@dataclass
+class _FitSetup:
+    """What fit runs with: the trainer, its loggers, the run's settings and the averaging."""
+
+    trainer: L.Trainer
+    loggers: list
+    settings: dict[str, Any]
+    averaging: Any
+
+
+@dataclass
+class _Fitted:
+    """What fit and the best checkpoint's validation and test left for metrics.json."""
+
+    best: str | None
+    val: list[dict]
+    test: list[dict]
+    history: list
+    checksums: Any
+    last_phase: int | None
+    rgn: dict
+    lora: Any = None
+    peft: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def val_row(self) -> dict:
+        """The best checkpoint's validation metrics (``val/*``), or none."""
+        return self.val[0] if self.val else {}
+
+    @property
+    def test_row(self) -> dict:
+        """The best checkpoint's test metrics (``test/*``), or none."""
+        return self.test[0] if self.test else {}
+
+
+def _prepare(cfg: DictConfig) -> None:
+    """Quiet Lightning, seed everything and check the device count before building anything."""
+    quiet_lightning()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    check_devices(cfg.trainer)  # before building anything: a wrong device count fails at once
+
+
+def _write_schedule(plan: Any, run_dir: Path) -> None:
+    """``plan=true``: write the plan's schedule.yaml and say how to use it; no run."""
+    path = run_dir / "schedule.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(plan.to_schedule(), sort_keys=False))
+    log.info("plan only; schedule written to %s (use freeze=schedule freeze.phases=%s)", path, path)
+
+
+def _run_evaluation(cfg: DictConfig, module: Any, data: Any) -> RunEvaluation:
+    """The after-fit evaluations (OOD sets, WiSE-FT, drift); takes the θ₀ snapshot now."""
     wise = cfg.get("wise_ft") or {}
-    evaluation = RunEvaluation(  # θ₀ snapshot; data.ood checked before fit
+    return RunEvaluation(  # θ₀ snapshot; data.ood checked before fit
         module,
         data,
         ood=compose.plain(cfg.data.get("ood")),
@@ -99,10 +175,17 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         test=bool(cfg.get("test", True)),
         seed=int(cfg.seed),
     )
-    # eval.forgetting=<data option>: the source task's test set, checked before fit
-    forgetting = Forgetting.build(
+
+
+def _forgetting(cfg: DictConfig, module: Any, data: Any) -> Forgetting | None:
+    """``eval.forgetting=<data option>``: the source task's test set, checked before fit."""
+    return Forgetting.build(
         (cfg.get("eval") or {}).get("forgetting"), cfg.model.get("init_from"), module, data
     )
+
+
+def _fit_data(cfg: DictConfig, module: Any, data: Any) -> tuple[FeatureCache, Any]:
+    """The feature cache of head-only epochs and the data fit reads (the module may wrap it)."""
     # Head-only epochs train on cached features (ftlab.finetuning.features).
     cache = FeatureCache.for_module(
         module, data, compose.plain(cfg.trainer), cfg.paths.get("cache_dir")
@@ -111,6 +194,11 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
     fit_data = module.fit_data(
         cache.datamodule, data, compose.plain(cfg.trainer), cfg.paths.get("cache_dir")
     )
+    return cache, fit_data
+
+
+def _fit_setup(cfg: DictConfig, run_dir: Path, plan: Any, cache: FeatureCache) -> _FitSetup:
+    """Loggers (settings logged), callbacks, averaging and the trainer that fits the run."""
     show_bar, progress = progress_callbacks()
     # SIGTERM saves last.ckpt; a nan/inf loss stops the run (both decided every N steps)
     guard = FaultGuard(run_dir, plan, check_every=cfg.faults.check_every)
@@ -135,6 +223,11 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         plugins=[AtomicCheckpointIO()],  # a checkpoint is whole or absent, never torn
         **cache.trainer_kwargs,
     )
+    return _FitSetup(trainer, loggers, settings, averaging)
+
+
+def _log_parameters(module: Any, plan: Any) -> int:
+    """Log the total and phase-0 trainable parameter counts; return the total."""
     total = sum(p.numel() for p in module.parameters())
     log.info(
         "parameters: %s total, %s trainable at phase 0 (%.2f%%)",
@@ -142,58 +235,86 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         f"{plan.trainable_numel(0):,}",
         100 * plan.trainable_numel(0) / total,
     )
+    return total
 
-    check_resume(run.ckpt_path, module)  # one line naming the checkpoint's model
-    if run.ckpt_path:
-        log.info("resuming from %s", run.ckpt_path)
-    identity = {"model": {"name": cfg.model.name}, "seed": cfg.seed}
-    with recorded(trainer, run_dir, identity):  # metrics.json says interrupted or failed
-        trainer.fit(module, datamodule=fit_data, ckpt_path=run.ckpt_path, **SAFE)
-        # Read the phase record before validate/test reload the best checkpoint.
-        phases = module.phases
-        history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
-        rgn = module.auto_rgn.report() if module.auto_rgn else {}  # freeze=auto_rgn's factors
-        if module.auto_rgn and trainer.is_global_zero:
-            module.auto_rgn.plot(run_dir / "auto_rgn.png")
-        best = _best_checkpoint(trainer)
-        module.log_prefix = BEST  # logged as best/val/*: not one more epoch's row of val/*
-        try:
-            val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
-        finally:
-            module.log_prefix = ""
-        val = [strip_prefix(v, "best", keep=True) for v in val]  # val/* again, from here on
-        test = (
-            trainer.test(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
-            if cfg.test
-            else []
-        )
-        lora = peft = None
-        if (module.record.lora or module.record.peft) and trainer.is_global_zero:
-            # the best weights' adapter, in peft's format
-            adapter = save_run_adapter(module, plan.trainable(last_phase or 0), run_dir / "adapter")
-            lora, peft = (None, adapter) if module.record.peft else (adapter, None)
-        extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
-        if forgetting is not None and trainer.is_global_zero:
-            extra["forgetting"] = forgetting.measure(trainer, module)
-        if averaging is not None:  # every rank: the raw weights' val and test, for comparison
-            extra["averaging"] = averaging.report(trainer, module, data, best, bool(cfg.test))
-    trainable = plan.trainable_numel(last_phase or 0)
-    log_settings(
-        loggers, settings, metrics={**(val[0] if val else {}), **(test[0] if test else {})}
+
+def _evaluate_best(
+    cfg: DictConfig, run_dir: Path, trainer: L.Trainer, module: Any, data: Any
+) -> _Fitted:
+    """Read the phase record, then validate (as ``best/val/*``) and test the best checkpoint."""
+    # Read the phase record before validate/test reload the best checkpoint.
+    phases = module.phases
+    history, checksums, last_phase = list(phases.history), phases.rank_checksums, phases.active
+    rgn = module.auto_rgn.report() if module.auto_rgn else {}  # freeze=auto_rgn's factors
+    if module.auto_rgn and trainer.is_global_zero:
+        module.auto_rgn.plot(run_dir / "auto_rgn.png")
+    best = _best_checkpoint(trainer)
+    module.log_prefix = BEST  # logged as best/val/*: not one more epoch's row of val/*
+    try:
+        val = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
+    finally:
+        module.log_prefix = ""
+    val = [strip_prefix(v, "best", keep=True) for v in val]  # val/* again, from here on
+    test = (
+        trainer.test(module, datamodule=data, ckpt_path=best, verbose=False, **SAFE)
+        if cfg.test
+        else []
     )
-    finish(loggers)
+    return _Fitted(best, val, test, history, checksums, last_phase, rgn)
 
-    metrics = {
+
+def _after_fit(
+    cfg: DictConfig,
+    run_dir: Path,
+    setup: _FitSetup,
+    module: Any,
+    data: Any,
+    fitted: _Fitted,
+    evaluation: RunEvaluation,
+    forgetting: Forgetting | None,
+) -> dict[str, Any]:
+    """Save the adapter (rank 0), then the OOD/WiSE-FT/drift, forgetting and averaging reports."""
+    trainer = setup.trainer
+    if (module.record.lora or module.record.peft) and trainer.is_global_zero:
+        # the best weights' adapter, in peft's format
+        adapter = save_run_adapter(
+            module, module.plan.trainable(fitted.last_phase or 0), run_dir / "adapter"
+        )
+        fitted.lora, fitted.peft = (None, adapter) if module.record.peft else (adapter, None)
+    extra = evaluation.after_fit(trainer, run_dir)  # OOD sets, WiSE-FT, drift (best weights)
+    if forgetting is not None and trainer.is_global_zero:
+        extra["forgetting"] = forgetting.measure(trainer, module)
+    if setup.averaging is not None:  # every rank: the raw weights' val and test, for comparison
+        extra["averaging"] = setup.averaging.report(
+            trainer, module, data, fitted.best, bool(cfg.test)
+        )
+    return extra
+
+
+def _metrics(
+    cfg: DictConfig,
+    module: Any,
+    data: Any,
+    trainer: L.Trainer,
+    cache: FeatureCache,
+    fitted: _Fitted,
+    tuned: dict[str, Any] | None,
+    total: int,
+    started: float,
+) -> dict[str, Any]:
+    """metrics.json of a completed run (before the pruner's status and the optimized metric)."""
+    trainable = module.plan.trainable_numel(fitted.last_phase or 0)
+    return {
         "status": "completed",
-        "val": strip_prefix(val[0] if val else {}, "val"),
-        "test": strip_prefix(test[0] if test else {}, "test"),
-        "best_checkpoint": best,
+        "val": strip_prefix(fitted.val_row, "val"),
+        "test": strip_prefix(fitted.test_row, "test"),
+        "best_checkpoint": fitted.best,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "trainable_params": trainable,
         "total_params": total,
         "trainable_share": round(trainable / total, 6),
-        "lora": lora,
-        "peft": peft,  # freeze=peft (or freeze.peft): method, modules, adapter params and bytes
+        "lora": fitted.lora,
+        "peft": fitted.peft,  # freeze=peft (or freeze.peft): method, modules, adapter params, bytes
         "feature_cache": cache.report(),
         "model": {"name": cfg.model.name, "weights_id": getattr(module.backbone, "weights_id", "")},
         "data": {
@@ -205,29 +326,28 @@ def _train(cfg: DictConfig, run: RunDir) -> float | None:
         "module": {"target": cfg.module._target_, **module.report()},
         "seed": cfg.seed,
         "tune": tuned,  # tune=lr_find | batch_size: what the finder suggested (and the run used)
-        "phases": history,
-        "rank_checksums": checksums,
+        "phases": fitted.history,
+        "rank_checksums": fitted.checksums,
         "world_size": trainer.world_size,
         "init_from": module.started_from,  # model.init_from: the source, head loaded or new
-        **rgn,
-        **extra,  # ood, wise_ft, drift (ftlab.evaluation)
+        **fitted.rgn,
+        **fitted.extra,  # ood, wise_ft, drift (ftlab.evaluation)
     }
-    metrics.update(pruned_status(trainer))  # an Optuna pruner stopped it: status, epoch, value
-    value = _optimized(cfg, val[0] if val else {}, test[0] if test else {})
-    metrics["optimized_metric"] = {"name": cfg.optimized_metric, "value": value}
-    if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", metrics)
-        log_artifacts(loggers, run_dir, best, module.record.to_dict())  # MLflow: files of the run
-        if "acc" in metrics["val"]:
-            log.info(
-                "test accuracy %.4f, val accuracy %.4f; run directory: %s",
-                metrics["test"].get("acc", float("nan")),
-                metrics["val"]["acc"],
-                run_dir,
-            )
-        else:  # a module of one's own, with its own metrics
-            log.info("%s %s; run directory: %s", cfg.optimized_metric, value, run_dir)
-    return value
+
+
+def _log_result(
+    cfg: DictConfig, metrics: dict[str, Any], value: float | None, run_dir: Path
+) -> None:
+    """The run's closing line: test and val accuracy, else the optimized metric."""
+    if "acc" in metrics["val"]:
+        log.info(
+            "test accuracy %.4f, val accuracy %.4f; run directory: %s",
+            metrics["test"].get("acc", float("nan")),
+            metrics["val"]["acc"],
+            run_dir,
+        )
+    else:  # a module of one's own, with its own metrics
+        log.info("%s %s; run directory: %s", cfg.optimized_metric, value, run_dir)
 
 
 def _tune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
