@@ -14,7 +14,7 @@ from ftlab.sweeps.optuna_search import recover
 KILLED_IN_ASK = """
 import os, sys
 import optuna
-from hydra_plugins.ftlab_sweeper.named_ask import ask_named
+from ftlab.sweeps.named_ask import ask_named
 from ftlab.sweeps.optuna_search import worker_id
 study = optuna.load_study(study_name="s", storage=sys.argv[1])
 backend = study._storage._backend  # RDBStorage, under Optuna's cache

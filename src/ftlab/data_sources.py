@@ -260,7 +260,9 @@ def check_data_source(config: Mapping[str, Any]) -> None:
         return
     target = str(data.get("_target_") or "").rsplit(".", 1)[-1]
     model = config.get("model")
-    if target == HF_TARGET:
+    # An unset path is refused where the data is built (its own one line), as text_csv does:
+    # `--cfg job` and the shipped-config checks compose the option without one.
+    if target == HF_TARGET and data.get("path"):
         check_hf_source(data, model if isinstance(model, Mapping) else None)
     elif target == CSV_TARGET:
         check_csv_source(data)

@@ -174,7 +174,7 @@ class FtlabOptunaSweeper(Sweeper):
         live one's for a grace period (ftlab.sweeps.optuna_search.recover), so the window in
         which a kill leaves it unnamed must be as short as one write."""
         from ftlab.sweeps import optuna_search as search
-        from hydra_plugins.ftlab_sweeper.named_ask import ask_named
+        from ftlab.sweeps.named_ask import ask_named
 
         return ask_named(study, space.distributions, search.worker_id())  # named as created
 
