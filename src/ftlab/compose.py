@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import IterableDataset
 
 from ftlab.data import build_data
 from ftlab.data.base import ClassificationDataModule
@@ -73,6 +74,8 @@ def data(
 def check_targets(run_task: Task, dm: ClassificationDataModule) -> None:
     """The task's target contract on the first training sample, in one line before training."""
     train = dm._ready().train
+    if isinstance(train, IterableDataset):  # a stream has no first sample to look at up front
+        return
     if len(train) and isinstance(train[0], tuple | list) and len(train[0]) == 2:  # type: ignore[arg-type]
         run_task.check_targets(
             torch.as_tensor(train[0][1]), dm.num_classes, f"data={type(dm).__name__}"
