@@ -31,13 +31,14 @@ import shlex
 import socket
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ftlab.errors import FtlabError, RunCompleted
-from ftlab.run_record import check_resume_matches, write_record
+from ftlab.run_record import check_resume_matches, read_record, write_record
 
 log = logging.getLogger("ftlab")
 
@@ -157,11 +158,19 @@ def resume_command(run_dir: Path, overrides: list[str] | None = None) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = True) -> RunDir:
+def resolve(
+    run_dir: Path,
+    resume: bool,
+    ckpt_path: str | None,
+    check: bool = True,
+    started: Mapping[str, Any] | None = None,
+    done_checked: bool = False,
+) -> RunDir:
     """What the run continues from, or an error saying why it may not start here.
 
     ``check=False`` skips the refusal of a directory that holds a run (DDP ranks other than 0,
-    and direct ``train(cfg)`` calls, whose caller owns the directory).
+    and direct ``train(cfg)`` calls, whose caller owns the directory). ``done_checked``: the
+    completed-run check was made already (by RunDirGuard, or rank 0 for the other ranks).
     """
     if resume and ckpt_path:
         raise FtlabError(
@@ -174,8 +183,9 @@ def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = Tr
         if evidence and not inside:
             raise _taken(run_dir, evidence)
         return RunDir(run_dir, str(ckpt_path))
+    if (resume or slurm_requeued(run_dir)) and not done_checked:
+        completed(run_dir, started)
     if resume or slurm_requeued(run_dir):
-        completed(run_dir)
         latest = latest_checkpoint(run_dir)
         if latest is not None:
             return RunDir(run_dir, str(latest), note=fallback_note(run_dir))
@@ -191,9 +201,13 @@ def resolve(run_dir: Path, resume: bool, ckpt_path: str | None, check: bool = Tr
     return RunDir(run_dir)
 
 
-def completed(run_dir: Path) -> None:
+def completed(run_dir: Path, started: Mapping[str, Any] | None = None) -> None:
     """Raise :class:`RunCompleted` if the run in ``run_dir`` completed: it is read-only for a
-    resume, which would re-run its test and rewrite its records."""
+    resume, which would re-run its test and rewrite its records. A resume that asks for more
+    training (``started``, the composed config's start record, with a larger
+    ``trainer.max_epochs`` or ``trainer.max_steps`` than the run's own) continues it."""
+    if started is not None and _trains_longer(run_dir, started):
+        return
     path = run_dir / "metrics.json"
     try:
         metrics = json.loads(path.read_text()) if path.is_file() else {}
@@ -208,6 +222,18 @@ def completed(run_dir: Path) -> None:
         "nothing of it was changed (start another run with another hydra.run.dir)",
         value,
     )
+
+
+def _trains_longer(run_dir: Path, started: Mapping[str, Any]) -> bool:
+    """Whether ``started`` asks for more epochs or steps than the run in ``run_dir`` had."""
+    recorded = read_record(run_dir) or {}
+    before = (recorded.get("settings") or {}).get("trainer") or {}
+    now = (started.get("settings") or {}).get("trainer") or {}
+    for key in ("max_epochs", "max_steps"):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, int) and isinstance(new, int) and old >= 0 and (new > old or new < 0):
+            return True
+    return False
 
 
 def _taken(run_dir: Path, evidence: list[str]) -> FtlabError:
@@ -286,12 +312,12 @@ def claim(
     """
     run_dir = run_dir.resolve()
     if not is_global_zero():
-        return resolve(run_dir, resume, ckpt_path, check=False)
+        return resolve(run_dir, resume, ckpt_path, check=False, done_checked=True)
     if run_dir in _held:  # claimed by RunDirGuard in this process: checked already
-        return resolve(run_dir, resume, ckpt_path, check=False)
+        return resolve(run_dir, resume, ckpt_path, check=False, done_checked=True)
     fd = _lock(run_dir)
     try:
-        run = resolve(run_dir, resume, ckpt_path, check)
+        run = resolve(run_dir, resume, ckpt_path, check, started)
         continues = run.ckpt_path is not None and Path(run.ckpt_path).resolve().is_relative_to(
             run_dir
         )
@@ -302,6 +328,14 @@ def claim(
         raise
     if started is not None and not continues:
         write_record(run_dir, started)
+    elif started is not None and _trains_longer(run_dir, started):
+        # The record keeps the length the run is now trained to: resuming it again at that
+        # length finds it completed.
+        record = read_record(run_dir) or {}
+        length = (started.get("settings") or {}).get("trainer") or {}
+        trainer = record.setdefault("settings", {}).setdefault("trainer", {})
+        trainer.update({k: length[k] for k in ("max_epochs", "max_steps") if k in length})
+        write_record(run_dir, record)
     remove_partials(run_dir)  # no writer is alive: this process holds the lock
     # Written only once every check passed, so a refused run leaves the note as it was.
     os.ftruncate(fd, 0)
