@@ -24,6 +24,11 @@ from ftlab.errors import FtlabError
 def check_overrides(config_dir: str, config_name: str, args: Sequence[str]) -> None:
     """Raise one line for the first override of ``args`` that Hydra would refuse as an unknown
     option or key."""
+    # A conf folder of the user's own (--config-dir, hydra.searchpath) adds options and keys
+    # this look cannot see without composing like Hydra; Hydra's own message applies there.
+    own_conf = ("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath")
+    if any(a.startswith(own_conf) for a in args):
+        return
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     suspect = next((o for o in overrides if _suspicious(Path(config_dir), config_name, o)), None)
     if suspect is None:
